@@ -1,0 +1,175 @@
+"""Run EventFlow on this machine: the embedded Redis (when REDIS_URL is unset), the web process under
+granian and the consumer processes, with readable logs. Ctrl-C stops everything in order; the data
+stays in the data folder (AOF on), so the next run finds the earlier events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from app.embedded import EmbeddedServer
+from app.errors import Conflict, EventFlowError, Unauthorized
+from app.settings import Settings
+
+DEV_PRODUCER = "dev"
+
+
+def web_command(host: str, port: int, workers: int = 1) -> list[str]:
+    """The production web command (the Procfile's `web:` line runs the same)."""
+    return [
+        "granian", "--interface", "asgi", "--loop", "uvloop", "--host", host, "--port", str(port),
+        "--workers", str(workers), "--no-access-log", "--factory", "app.web:create_app_from_env",
+    ]
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    port = args.port or settings.port
+    cmd = web_command(args.host, port, settings.web_workers)
+    os.execvp(_bin(cmd[0]), cmd)
+
+
+def run_embedded(args: argparse.Namespace, settings: Settings) -> int:
+    data_dir = Path(args.data_dir or Path(settings.data_dir) / "redis")
+    server = EmbeddedServer(data_dir, port=args.port, appendfsync=args.appendfsync).start()
+    print(f"embedded Valkey on {server.url} (data in {data_dir}, AOF {args.appendfsync}); Ctrl-C stops it")
+    try:
+        server.process.wait() if server.process else None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def run_dev(args: argparse.Namespace, settings: Settings) -> int:
+    data_dir = Path(args.data_dir or settings.data_dir)
+    port = args.port or settings.port
+    server: EmbeddedServer | None = None
+    children: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ, EVENTFLOW_LOG_FORMAT=os.environ.get("EVENTFLOW_LOG_FORMAT", "text"))
+    try:
+        if not settings.redis_url:
+            print(f"starting the embedded Valkey server (data in {data_dir / 'redis'}, AOF on) ...")
+            server = EmbeddedServer(data_dir / "redis").start()
+            settings = settings.replace(redis_url=server.url)
+            env["REDIS_URL"] = server.url
+        key = asyncio.run(_dev_producer_key(settings, data_dir))
+        web = web_command("127.0.0.1", port)
+        children.append(subprocess.Popen([_bin(web[0]), *web[1:]], env=env))
+        if not args.no_consumers and _has_consumers():
+            children.append(subprocess.Popen([_bin("eventflow"), "consume"], env=env))
+        _wait_http(f"http://127.0.0.1:{port}/healthz", children)
+        _banner(port, key, server)
+        _wait_children(children)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+    except EventFlowError as exc:
+        print(f"eventflow dev: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(children)
+        if server is not None:
+            server.stop()
+            print("embedded Valkey stopped; data kept in", data_dir / "redis")
+    return 0
+
+
+async def _dev_producer_key(settings: Settings, data_dir: Path) -> str:
+    """The local `dev` producer's key, kept in the data folder so the sample curl keeps working."""
+    from app.connections import connect
+    from app.service import Services
+
+    key_file = data_dir / "dev-producer.key"
+    redis = connect(settings)
+    try:
+        svc = Services(redis, settings)
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            try:
+                await svc.producers.authenticate(f"Bearer {key}")
+                return key
+            except Unauthorized:
+                pass
+        try:
+            issued = await svc.producers.create(DEV_PRODUCER, "local development producer")
+        except Conflict:
+            issued = await svc.producers.rotate(DEV_PRODUCER)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(issued.key + "\n")
+        key_file.chmod(0o600)
+        return issued.key
+    finally:
+        await redis.aclose()
+
+
+def _banner(port: int, key: str, server: EmbeddedServer | None) -> None:
+    url = f"http://127.0.0.1:{port}"
+    redis_line = f"embedded Valkey at {server.url}" if server else "Redis from REDIS_URL"
+    print(f"""
+EventFlow is running at {url}   ({redis_line})
+  API docs:     {url}/schema/swagger
+  producer key: {key}   (producer "dev", kept in .eventflow/dev-producer.key)
+
+Post an event:
+  curl -sS -X POST {url}/v1/events \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"type": "order.created", "data": {{"order": 42, "amount": 9.5}}}}'
+Read it back:
+  curl -sS '{url}/v1/events?limit=5'
+
+Press Ctrl-C to stop.
+""", flush=True)
+
+
+def _has_consumers() -> bool:
+    try:
+        import consumers.runner  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _bin(name: str) -> str:
+    """A console script installed next to this interpreter (the venv), else from PATH."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def _wait_http(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(c.poll() is not None for c in children):
+            raise EventFlowError("a process exited during start-up (see its output above)")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise EventFlowError(f"the web process did not answer {url} within {timeout_s:.0f} s")
+
+
+def _wait_children(children: list[subprocess.Popen[bytes]]) -> None:
+    while all(c.poll() is None for c in children):
+        time.sleep(0.2)
+    raise EventFlowError("a process exited unexpectedly (see its output above)")
+
+
+def _stop(children: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

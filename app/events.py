@@ -1,0 +1,346 @@
+"""The event envelope: the only definition of EventFlow's wire and log formats.
+
+Producers speak three dialects to `POST /v1/events` (plain JSON, CloudEvents structured mode and
+CloudEvents binary mode); all three become one `Incoming` event. `enrich` turns it into the flat
+field list that is appended to the log, and `Record.from_entry` reads any log entry back, including
+entries that producers wrote straight into the stream with XADD.
+
+Log entry fields (documented in the README for direct writers):
+
+    _v               "1" on entries written by EventFlow itself (absent: written directly)
+    id type source   CloudEvents attributes, always present on `_v` entries
+    time             RFC 3339
+    subject datacontenttype dataschema traceparent     when present
+    data             the data as JSON text, or
+    data_base64      binary data, base64 (CloudEvents JSON format)
+    _x               the remaining extension attributes as a JSON object
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+
+from app.errors import FieldProblem, InvalidEvent, MalformedBody, UnsupportedMediaType
+from app.ids import new_traceparent, uuid7, valid_traceparent
+
+SPECVERSION = "1.0"
+FORMAT_VERSION = b"1"
+CE_JSON = "application/cloudevents+json"
+CE_BATCH = "application/cloudevents-batch+json"
+
+# CloudEvents attribute names: lowercase letters and digits; we keep the spec's 20-char advice.
+_EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_CONTEXT = ("id", "type", "source", "time", "subject", "datacontenttype", "dataschema", "traceparent")
+_STRING_ATTRS = frozenset(_CONTEXT) | {"specversion"}
+_MAX_ATTR_LEN = 1024
+
+_raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_array = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_any = msgspec.json.Decoder(msgspec.Raw)
+_any = msgspec.json.Decoder()
+_json = msgspec.json.Encoder()
+
+
+class Incoming(msgspec.Struct, kw_only=True):
+    """An event as a producer sent it, checked for shape but not yet enriched."""
+
+    type: str
+    id: str | None = None
+    source: str | None = None
+    time: str | None = None
+    subject: str | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    traceparent: str | None = None
+    data: msgspec.Raw | None = None  # JSON text, kept verbatim (never decoded and re-encoded)
+    data_base64: str | None = None
+    extensions: dict[str, str | int | bool] = {}
+
+
+# -- decoding the three dialects ----------------------------------------------------------------
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_media(media: str) -> bool:
+    return media == "application/json" or media.endswith("+json")
+
+
+def parse_request(body: bytes, content_type: str | None, headers: Mapping[str, str]) -> tuple[list[Incoming], bool]:
+    """Decode a `POST /v1/events` body in whichever dialect it uses; returns (events, is_batch)."""
+    media = media_type(content_type)
+    if media == CE_BATCH:
+        return parse_batch(body, content_type), True
+    if "ce-specversion" in headers:
+        return [parse_binary(body, content_type, headers)], False
+    if media in (CE_JSON, "application/json"):
+        return [parse_structured(body, structured=media == CE_JSON)], False
+    raise UnsupportedMediaType(
+        f"Content-Type {media or '(none)'!r} is not accepted: send application/json, "
+        f"{CE_JSON}, {CE_BATCH}, or CloudEvents binary mode (ce-* headers)"
+    )
+
+
+def parse_structured(body: bytes, *, structured: bool = False, pointer: str = "") -> Incoming:
+    """Plain JSON or CloudEvents structured mode: one JSON object."""
+    try:
+        obj = _raw_object.decode(body)
+    except msgspec.ValidationError:
+        raise InvalidEvent([FieldProblem(pointer or "/", "an event must be a JSON object")]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    return _from_attributes(obj, pointer, structured=structured)
+
+
+def parse_batch(body: bytes, content_type: str | None) -> list[Incoming]:
+    """A JSON array of events, or `{"events": [...]}`; all-or-nothing validation."""
+    media = media_type(content_type)
+    if media not in (CE_BATCH, "application/json", CE_JSON):
+        raise UnsupportedMediaType(f"Content-Type {media or '(none)'!r} is not accepted for a batch")
+    try:
+        top = _raw_any.decode(body)
+        items = _raw_array.decode(top) if bytes(top)[:1] == b"[" else _batch_object(top)
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    if not items:
+        raise InvalidEvent([FieldProblem("/events", "a batch needs at least one event")])
+    events: list[Incoming] = []
+    problems: list[FieldProblem] = []
+    for i, item in enumerate(items):
+        try:
+            events.append(parse_structured(item, structured=media == CE_BATCH, pointer=f"/events/{i}"))
+        except InvalidEvent as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise InvalidEvent(problems)
+    return events
+
+
+def _batch_object(top: msgspec.Raw) -> list[msgspec.Raw]:
+    try:
+        obj = _raw_object.decode(top)
+        return _raw_array.decode(obj["events"])
+    except (KeyError, msgspec.ValidationError):
+        raise InvalidEvent(
+            [FieldProblem("/events", 'a batch is a JSON array of events or {"events": [...]}')]
+        ) from None
+
+
+def parse_binary(body: bytes, content_type: str | None, headers: Mapping[str, str]) -> Incoming:
+    """CloudEvents binary mode: attributes in `ce-*` headers, the body is the data."""
+    attrs: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("ce-"):
+            attrs[lower[3:]] = unquote(value)
+    problems: list[FieldProblem] = []
+    fields = _string_fields(attrs, "", problems)
+    media = media_type(content_type)
+    data: msgspec.Raw | None = None
+    data_base64: str | None = None
+    if body:
+        if is_json_media(media) or not media:
+            try:
+                data = _raw_any.decode(body)
+            except msgspec.DecodeError as exc:
+                raise MalformedBody(f"body is not valid JSON: {exc}") from None
+        elif media.startswith("text/"):
+            try:
+                data = msgspec.Raw(_json.encode(body.decode("utf-8")))
+            except UnicodeDecodeError:
+                problems.append(FieldProblem("/data", f"body is not valid UTF-8 for {media}"))
+        else:
+            data_base64 = base64.b64encode(body).decode()
+    extensions = {k: v for k, v in attrs.items() if k not in _STRING_ATTRS}
+    _check_extensions(extensions, "", problems)
+    fields.setdefault("datacontenttype", content_type or None)
+    return _build(fields, data, data_base64, extensions, "", problems)
+
+
+def _from_attributes(obj: dict[str, msgspec.Raw], pointer: str, *, structured: bool) -> Incoming:
+    problems: list[FieldProblem] = []
+    strings: dict[str, Any] = {}
+    extensions: dict[str, Any] = {}
+    data: msgspec.Raw | None = None
+    data_base64: str | None = None
+    for name, raw in obj.items():
+        if name == "data":
+            data = None if bytes(raw) == b"null" else raw
+        elif name in _STRING_ATTRS or name == "data_base64":
+            strings[name] = _decode_scalar(raw)
+        elif _EXT_NAME.match(name):
+            extensions[name] = _decode_scalar(raw)
+        else:
+            problems.append(FieldProblem(
+                f"{pointer}/{name}",
+                "unknown attribute: extension names are 1-20 lowercase letters or digits; "
+                "put application fields inside `data`",
+            ))
+    fields = _string_fields(strings, pointer, problems)
+    if structured and "specversion" not in strings:
+        problems.append(FieldProblem(f"{pointer}/specversion", "required in CloudEvents structured mode"))
+    if "data_base64" in fields:
+        data_base64 = fields.pop("data_base64")
+        if data is not None:
+            problems.append(FieldProblem(f"{pointer}/data_base64", "send either data or data_base64"))
+        else:
+            try:
+                base64.b64decode(data_base64, validate=True)
+            except binascii.Error:
+                problems.append(FieldProblem(f"{pointer}/data_base64", "not valid base64"))
+    _check_extensions(extensions, pointer, problems)
+    return _build(fields, data, data_base64, extensions, pointer, problems)
+
+
+_NOT_SCALAR = object()
+
+
+def _decode_scalar(raw: msgspec.Raw) -> Any:
+    value = _any.decode(raw)
+    return value if value is None or isinstance(value, str | int | bool) else _NOT_SCALAR
+
+
+def _string_fields(attrs: Mapping[str, Any], pointer: str, problems: list[FieldProblem]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, value in attrs.items():
+        if name not in _STRING_ATTRS and name != "data_base64":
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            problems.append(FieldProblem(f"{pointer}/{name}", "must be a string"))
+        elif not value:
+            problems.append(FieldProblem(f"{pointer}/{name}", "must not be empty"))
+        elif len(value) > _MAX_ATTR_LEN and name != "data_base64":
+            problems.append(FieldProblem(f"{pointer}/{name}", f"longer than {_MAX_ATTR_LEN} characters"))
+        else:
+            fields[name] = value
+    return fields
+
+
+def _check_extensions(extensions: dict[str, Any], pointer: str, problems: list[FieldProblem]) -> None:
+    for name, value in list(extensions.items()):
+        if value is None:
+            del extensions[name]
+        elif value is _NOT_SCALAR:
+            problems.append(FieldProblem(
+                f"{pointer}/{name}", "extension attributes must be a string, integer or boolean"
+            ))
+        elif not _EXT_NAME.match(name):
+            problems.append(FieldProblem(f"{pointer}/{name}", "extension names are 1-20 lowercase letters or digits"))
+        elif isinstance(value, str) and len(value) > _MAX_ATTR_LEN:
+            problems.append(FieldProblem(f"{pointer}/{name}", f"longer than {_MAX_ATTR_LEN} characters"))
+
+
+def _build(
+    fields: dict[str, Any],
+    data: msgspec.Raw | None,
+    data_base64: str | None,
+    extensions: dict[str, Any],
+    pointer: str,
+    problems: list[FieldProblem],
+) -> Incoming:
+    if fields.pop("specversion", SPECVERSION) != SPECVERSION:
+        problems.append(FieldProblem(f"{pointer}/specversion", f'must be "{SPECVERSION}"'))
+    if "type" not in fields and not any(p.pointer == f"{pointer}/type" for p in problems):
+        problems.append(FieldProblem(f"{pointer}/type", "required"))
+    if "time" in fields and not _valid_time(fields["time"]):
+        problems.append(FieldProblem(f"{pointer}/time", "must be an RFC 3339 timestamp with a UTC offset"))
+    if "traceparent" in fields and not valid_traceparent(fields["traceparent"]):
+        problems.append(FieldProblem(f"{pointer}/traceparent", "must be a W3C traceparent"))
+    if problems:
+        raise InvalidEvent(problems)
+    return Incoming(data=data, data_base64=data_base64, extensions=extensions, **fields)
+
+
+def _valid_time(value: str) -> bool:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return parsed.tzinfo is not None and "T" in value.upper()
+
+
+# -- enrichment and the log format --------------------------------------------------------------
+
+
+def now_rfc3339() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> tuple[str, list[bytes | str]]:
+    """Fill in id, time, source and traceparent; return (event id, flat XADD field list)."""
+    event_id = event.id or uuid7()
+    fields: list[bytes | str] = [
+        "_v", FORMAT_VERSION,
+        "id", event_id,
+        "type", event.type,
+        "source", source,
+        "time", event.time or now,
+        "traceparent", event.traceparent or traceparent or new_traceparent(),
+    ]
+    for name in ("subject", "datacontenttype", "dataschema"):
+        value = getattr(event, name)
+        if value is not None:
+            fields += (name, value)
+    if event.data is not None:
+        fields += ("data", bytes(event.data))
+    elif event.data_base64 is not None:
+        fields += ("data_base64", event.data_base64)
+    if event.extensions:
+        fields += ("_x", _json.encode(event.extensions))
+    return event_id, fields
+
+
+class Record(msgspec.Struct, kw_only=True):
+    """One log entry as the query API returns it: the CloudEvent plus where it sits in the log."""
+
+    entry_id: str
+    partition: int
+    direct: bool
+    event: dict[str, Any]
+    problems: list[str] = []
+
+    @classmethod
+    def from_entry(cls, entry_id: str, partition: int, fields: Mapping[bytes, bytes]) -> Record:
+        """Read a log entry; entries written directly with XADD are checked, never trusted."""
+        direct = fields.get(b"_v") is None
+        event: dict[str, Any] = {"specversion": SPECVERSION}
+        problems: list[str] = []
+        extensions: dict[str, Any] = {}
+        for key, value in fields.items():
+            name = key.decode("utf-8", "replace")
+            if name == "data":
+                event["data"] = _data_of(value, direct, problems)
+            elif name == "_x":
+                extensions.update(_any.decode(value))
+            elif name == "_v":
+                continue
+            else:
+                event[name] = value.decode("utf-8", "replace")
+        event.update(extensions)
+        if direct:
+            event.setdefault("id", entry_id)
+            problems += [f"missing {n}" for n in ("type", "source") if n not in event]
+        return cls(entry_id=entry_id, partition=partition, direct=direct, event=event, problems=problems)
+
+
+def _data_of(value: bytes, direct: bool, problems: list[str]) -> msgspec.Raw | str:
+    if not direct:
+        return msgspec.Raw(value)
+    try:
+        return _raw_any.decode(value)
+    except msgspec.DecodeError:
+        problems.append("data is not valid JSON")
+        return value.decode("utf-8", "replace")

@@ -1,0 +1,50 @@
+"""Identifiers: UUIDv7 event ids and W3C trace context."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (RFC 9562 version 7) as a string."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62)
+    value |= rand & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_traceparent() -> str:
+    """Start a new sampled trace: version 00, random trace id and parent span id."""
+    return f"00-{os.urandom(16).hex()}-{new_span_id()}-01"
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def valid_traceparent(value: str) -> bool:
+    """True for a well-formed W3C traceparent (all-zero ids and version ff are invalid)."""
+    m = _TRACEPARENT.match(value)
+    if m is None or value.startswith("ff"):
+        return False
+    return m.group(1) != "0" * 32 and m.group(2) != "0" * 16
+
+
+def trace_id(traceparent: str) -> str:
+    return traceparent[3:35]
+
+
+def is_entry_id(value: str) -> bool:
+    """True when `value` looks like a stream entry id (`<ms>-<seq>`)."""
+    return _ENTRY_ID.match(value) is not None
+
+
+def entry_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])

@@ -1,0 +1,87 @@
+"""Every Redis key EventFlow uses, built from one prefix.
+
+Keys that one Lua script or transaction touches together share a hash tag, so that on a Redis or
+Valkey Cluster they land in one slot. Each partition of the log has its own tag: with one partition
+(the default) the tag is the bare prefix, so the log is `{eventflow}:events`; with N partitions it is
+`{eventflow:0}:events` ... `{eventflow:N-1}:events`. Metadata that no script touches (producers,
+users, subscriptions) lives outside the partitions under `eventflow:...`.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+
+class Keys:
+    """Key names for one deployment (prefix + partition count)."""
+
+    __slots__ = ("_base", "partitions", "prefix")
+
+    def __init__(self, prefix: str = "eventflow", partitions: int = 1) -> None:
+        self.prefix = prefix
+        self.partitions = partitions
+        tags = [prefix] if partitions == 1 else [f"{prefix}:{p}" for p in range(partitions)]
+        self._base = [f"{{{tag}}}:" for tag in tags]
+
+    # -- per partition (share the partition's hash tag) ------------------------------------------
+    def base(self, partition: int) -> str:
+        """Key prefix of a partition, including its hash tag; the Lua scripts derive keys from it."""
+        return self._base[partition]
+
+    def stream(self, partition: int) -> str:
+        """The append-only log (one stream per partition)."""
+        return self._base[partition] + "events"
+
+    def type_index(self, partition: int, event_type: str) -> str:
+        """Entry ids of one event type, in log order (same ids as the log)."""
+        return self._base[partition] + "idx:type:" + event_type
+
+    def source_index(self, partition: int, source: str) -> str:
+        """Entry ids of one source, in log order (same ids as the log)."""
+        return self._base[partition] + "idx:src:" + source
+
+    def event_id(self, partition: int, event_id: str) -> str:
+        """Event id -> "<entry id> <source>" for the idempotency window (dedup + lookup by id)."""
+        return self._base[partition] + "id:" + event_id
+
+    def indexed(self, partition: int) -> str:
+        """The last log entry the indexes cover (entries XADDed directly are indexed later)."""
+        return self._base[partition] + "indexed"
+
+    def dead_letters(self, partition: int) -> str:
+        """Dead-lettered deliveries of this partition's events."""
+        return self._base[partition] + "dlq"
+
+    def retry_schedule(self, partition: int, group: str) -> str:
+        """Sorted set entry id -> due time (ms) of deliveries waiting for their backoff."""
+        return self._base[partition] + "retry:" + group
+
+    def attempts(self, partition: int, group: str) -> str:
+        """Failed-attempt records of one group (bounded stream)."""
+        return self._base[partition] + "attempts:" + group
+
+    def partition_of(self, partition_key: str) -> int:
+        """The partition that holds events of this partition key (stable across processes)."""
+        if self.partitions == 1:
+            return 0
+        return zlib.crc32(partition_key.encode()) % self.partitions
+
+    # -- metadata (no hash tag needed: never touched together with log keys) ---------------------
+    @property
+    def producers(self) -> str:
+        """Hash: producer name -> JSON record (hashed key, created, revoked...)."""
+        return f"{self.prefix}:producers"
+
+    @property
+    def producer_keys(self) -> str:
+        """Hash: sha256 of a producer key -> producer name."""
+        return f"{self.prefix}:producer-keys"
+
+    def producer_stats(self, name: str) -> str:
+        """Hash: events, last_seen_ms of one producer."""
+        return f"{self.prefix}:producer-stats:{name}"
+
+    @property
+    def producers_changed(self) -> str:
+        """Pub/sub channel: a producer was created, rotated or revoked (auth caches drop it)."""
+        return f"{self.prefix}:producers-changed"

@@ -1,0 +1,79 @@
+"""The service layer shared by the HTTP API, the dashboard and the CLI: no caller talks to Redis."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from redis.asyncio import Redis
+
+from app.connections import check_server, is_unavailable
+from app.errors import ConfigError, FieldProblem, Forbidden, InvalidEvent, PayloadTooLarge
+from app.events import Incoming, enrich, now_rfc3339
+from app.ids import valid_traceparent
+from app.producers import Producers
+from app.store import Appended, EventLog, Prepared
+from app.settings import Settings
+
+log = logging.getLogger("eventflow.service")
+
+
+class Services:
+    """Everything a request handler needs, built once per process."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.log = EventLog(redis, settings)
+        self.producers = Producers(redis, settings)
+        self._server_checked = False
+
+    async def start(self) -> None:
+        """Verify the server honours the durability mode; tolerate Redis being down for now."""
+        try:
+            await self.ensure_server_checked()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("Redis is unreachable at start-up; serving 503 until it answers")
+
+    async def ensure_server_checked(self) -> None:
+        if not self._server_checked:
+            await check_server(self.redis, self.settings)
+            self._server_checked = True
+
+    async def ingest(
+        self, events: Sequence[Incoming], source: str, headers: Mapping[str, str]
+    ) -> list[Appended]:
+        """Check, enrich and append events from one producer; all or none are accepted."""
+        if len(events) > self.settings.max_batch:
+            raise PayloadTooLarge(
+                f"a batch holds at most {self.settings.max_batch} events (EVENTFLOW_MAX_BATCH); "
+                f"this one has {len(events)}"
+            )
+        for n, event in enumerate(events):
+            if event.source is not None and event.source != source:
+                where = f"/events/{n}/source" if len(events) > 1 else "/source"
+                raise Forbidden(f"{where}: this key belongs to producer {source!r}, not {event.source!r}")
+        traceparent = headers.get("traceparent")
+        if traceparent is not None and not valid_traceparent(traceparent):
+            traceparent = None
+        now = now_rfc3339()
+        keys = self.log.keys
+        items = []
+        for event in events:
+            event_id, fields = enrich(event, source, traceparent, now)
+            partition_key = event.extensions.get("partitionkey")
+            if partition_key is None:
+                partition_key = f"{source}\n{event.subject or ''}"
+            partition = keys.partition_of(str(partition_key))
+            items.append(Prepared(partition, event_id, source, event.type, event.id is None, fields))
+        if not self._server_checked:
+            try:
+                await self.ensure_server_checked()
+            except ConfigError as exc:
+                log.error("durability check failed: %s", exc.detail)
+                raise
+        return await self.log.append(items, source)
+
+

@@ -1,0 +1,376 @@
+"""The log: the only module that appends to and reads from the event streams.
+
+Appends issued by concurrent requests in one event-loop tick are coalesced: each flush sends one
+`append.lua` call per partition (plus the durability wait) in one pipeline, so under load the Redis
+round trip is shared by every request in flight, the way a database's group commit works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from app.connections import redis_errors
+from app.errors import FieldProblem, InvalidEvent, NotFound, Unavailable
+from app.events import Record
+from app.ids import is_entry_id
+from app.keys import Keys
+from app.scripts import Scripts, source
+from app.settings import Durability, Settings
+
+log = logging.getLogger("eventflow.store")
+
+_MAX_EVENTS_PER_CALL = 1000  # keeps one script call short, so Redis never stalls for long
+_QUERY_BUDGET = 5000  # index entries one query script call may look at
+_MAX_QUERY_CALLS = 20
+
+
+class Prepared(NamedTuple):
+    """An enriched event ready to append."""
+
+    partition: int
+    event_id: str
+    source: str
+    type: str
+    generated: bool
+    fields: list[bytes | str]
+
+
+class Appended(msgspec.Struct):
+    """Where an event landed; `duplicate` when (source, id) was seen within the window."""
+
+    id: str
+    entry_id: str
+    partition: int
+    duplicate: bool = False
+
+
+class _Waiter(NamedTuple):
+    items: Sequence[Prepared]
+    future: asyncio.Future[list[Appended]]
+    source: str
+
+
+class EventLog:
+    """Append to and query the partitioned log."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.scripts = Scripts(redis)
+        self._queue: list[_Waiter] = []
+        self._flushing = False
+        self._window_ms = str(settings.idempotency_window_s * 1000)
+
+    # -- append ---------------------------------------------------------------------------------
+    async def append(self, items: Sequence[Prepared], source: str) -> list[Appended]:
+        """Append events (all or none per partition); resolves once they are durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Appended]] = loop.create_future()
+        self._queue.append(_Waiter(items, future, source))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self._flush_loop())
+        task.add_done_callback(_log_crash)
+
+    async def _flush_loop(self) -> None:
+        # One flush in flight at a time: requests arriving meanwhile share the next round trip.
+        try:
+            while self._queue:
+                waiters, self._queue = self._queue, []
+                try:
+                    results = await self._flush(waiters)
+                except BaseException as exc:
+                    for waiter in waiters:
+                        if not waiter.future.done():
+                            waiter.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for waiter, result in zip(waiters, results, strict=True):
+                    if not waiter.future.done():
+                        waiter.future.set_result(result)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, waiters: list[_Waiter]) -> list[list[Appended]]:
+        calls = self._calls(waiters)
+        async with redis_errors(self.settings):
+            replies = await self._run_calls(calls, waiters)
+        by_item: dict[int, Appended] = {}
+        for (partition, items), reply in zip(calls, replies, strict=True):
+            for n, item in enumerate(items):
+                by_item[id(item)] = Appended(
+                    item.event_id, _s(reply[2 * n]), partition, reply[2 * n + 1] == b"1"
+                )
+        return [[by_item[id(item)] for item in w.items] for w in waiters]
+
+    def _calls(self, waiters: list[_Waiter]) -> list[tuple[int, list[Prepared]]]:
+        per_partition: dict[int, list[Prepared]] = {}
+        for waiter in waiters:
+            for item in waiter.items:
+                per_partition.setdefault(item.partition, []).append(item)
+        calls = []
+        for partition, items in sorted(per_partition.items()):
+            for start in range(0, len(items), _MAX_EVENTS_PER_CALL):
+                calls.append((partition, items[start : start + _MAX_EVENTS_PER_CALL]))
+        return calls
+
+    async def _run_calls(self, calls: list[tuple[int, list[Prepared]]], waiters: list[_Waiter]) -> list[Any]:
+        pending = list(range(len(calls)))
+        replies: list[Any] = [None] * len(calls)
+        for _attempt in range(10):
+            pipe = self.redis.pipeline(transaction=False)
+            for i in pending:
+                partition, items = calls[i]
+                pipe.execute_command("EVALSHA", self.scripts.append.sha, 2, *self._append_args(partition, items))
+            self._add_producer_stats(pipe, waiters)
+            self._add_durability_wait(pipe)
+            results = await pipe.execute(raise_on_error=False)
+            self._check_durability(results)
+            retry = []
+            for i, result in zip(pending, results, strict=False):
+                if isinstance(result, rx.NoScriptError):
+                    retry.append(i)
+                elif isinstance(result, Exception):
+                    raise result
+                elif result == [b"BEHIND"]:
+                    await self._catch_up(calls[i][0])
+                    retry.append(i)
+                else:
+                    replies[i] = result
+            if not retry:
+                return replies
+            if any(isinstance(results[pending.index(i)], rx.NoScriptError) for i in retry):
+                await self.redis.script_load(source("append"))
+            pending = retry
+        raise Unavailable("the log's index could not catch up with direct writes; try again")
+
+    def _append_args(self, partition: int, items: Sequence[Prepared]) -> list[Any]:
+        args: list[Any] = [
+            self.keys.stream(partition), self.keys.indexed(partition),
+            self.keys.base(partition), self._window_ms, len(items),
+        ]
+        for item in items:
+            args += (item.event_id, item.source, item.type, "1" if item.generated else "0", len(item.fields))
+            args += item.fields
+        return args
+
+    def _add_producer_stats(self, pipe: Any, waiters: list[_Waiter]) -> None:
+        counts: dict[str, int] = {}
+        for waiter in waiters:
+            counts[waiter.source] = counts.get(waiter.source, 0) + len(waiter.items)
+        now_ms = str(time.time_ns() // 1_000_000)
+        for name, count in counts.items():
+            key = self.keys.producer_stats(name)
+            pipe.hincrby(key, "events", count)
+            pipe.hset(key, "last_seen_ms", now_ms)
+
+    def _add_durability_wait(self, pipe: Any) -> None:
+        timeout = self.settings.durability_timeout_ms
+        if self.settings.durability is Durability.FSYNC:
+            pipe.execute_command("WAITAOF", 1, 0, timeout)
+        elif self.settings.durability is Durability.REPLICA:
+            pipe.execute_command("WAIT", 1, timeout)
+
+    def _check_durability(self, results: list[Any]) -> None:
+        durability = self.settings.durability
+        if durability is Durability.FAST:
+            return
+        last = results[-1]
+        if isinstance(last, Exception):
+            raise last
+        ok = last[0] >= 1 if durability is Durability.FSYNC else last >= 1
+        if not ok:
+            raise Unavailable(
+                f"the events were written but not confirmed {durability.value} within "
+                f"{self.settings.durability_timeout_ms} ms; retry with the same event ids",
+                retry_after_s=self.settings.retry_after_s,
+            )
+
+    async def _catch_up(self, partition: int) -> None:
+        """Index entries that producers XADDed directly (bounded chunks, never one long call)."""
+        keys = [self.keys.stream(partition), self.keys.indexed(partition)]
+        while await self.scripts.catch_up(keys, [self.keys.base(partition), self._window_ms, 1000]):
+            pass
+
+    async def catch_up(self) -> None:
+        async with redis_errors(self.settings):
+            for partition in range(self.keys.partitions):
+                await self._catch_up(partition)
+
+    # -- read -----------------------------------------------------------------------------------
+    async def get(self, ident: str) -> Record:
+        """One event by event id or by stream entry id."""
+        await self.catch_up()
+        async with redis_errors(self.settings):
+            if is_entry_id(ident):
+                found = await self._entry_any_partition(ident)
+                if found is not None:
+                    return found
+            pipe = self.redis.pipeline(transaction=False)
+            for partition in range(self.keys.partitions):
+                pipe.get(self.keys.event_id(partition, ident))
+            for partition, value in enumerate(await pipe.execute()):
+                if value:
+                    entry_id = value.split(b" ", 1)[0].decode()
+                    record = await self._entry(partition, entry_id)
+                    if record is not None:
+                        return record
+        raise NotFound(f"no event with id {ident!r} (ids are looked up for the idempotency window; "
+                       "older events can be found by entry id or by time)")
+
+    async def _entry_any_partition(self, entry_id: str) -> Record | None:
+        pipe = self.redis.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            pipe.xrange(self.keys.stream(partition), entry_id, entry_id)
+        for partition, entries in enumerate(await pipe.execute()):
+            if entries:
+                return Record.from_entry(_s(entries[0][0]), partition, entries[0][1])
+        return None
+
+    async def _entry(self, partition: int, entry_id: str) -> Record | None:
+        entries = await self.redis.xrange(self.keys.stream(partition), entry_id, entry_id)
+        return Record.from_entry(_s(entries[0][0]), partition, entries[0][1]) if entries else None
+
+    async def query(self, q: Query) -> Page:
+        """Events filtered by time range, type and source, one page at a time, across partitions."""
+        await self.catch_up()
+        async with redis_errors(self.settings):
+            per_partition = await asyncio.gather(
+                *(self._query_partition(q, p) for p in range(self.keys.partitions))
+            )
+        return _merge(q, per_partition)
+
+    async def _query_partition(self, q: Query, partition: int) -> tuple[list[Record], tuple[int, int] | None]:
+        """Up to q.limit records of one partition, and how far the scan got when it stopped early."""
+        hi, lo = q.bounds(partition)
+        stream = self.keys.stream(partition)
+        if q.type is None and q.source is None:
+            if q.newest_first:
+                raw = await self.redis.xrevrange(stream, hi, lo, count=q.limit)
+            else:
+                raw = await self.redis.xrange(stream, lo, hi, count=q.limit)
+            return [Record.from_entry(_s(e), partition, f) for e, f in raw], None
+        if q.type is not None:
+            index, match = self.keys.type_index(partition, q.type), q.source or ""
+        else:
+            index, match = self.keys.source_index(partition, q.source or ""), ""
+        records: list[Record] = []
+        last = ""
+        for _ in range(_MAX_QUERY_CALLS):
+            reply = await self.scripts.query(
+                [stream, index], [hi, lo, q.limit - len(records), match, "1" if q.newest_first else "0", _QUERY_BUDGET]
+            )
+            last = _s(reply[0])
+            records += [Record.from_entry(_s(e), partition, dict(zip(f[::2], f[1::2], strict=True))) for e, f in reply[1:]]
+            if not last or len(records) >= q.limit:
+                return records, None
+            if q.newest_first:
+                hi = "(" + last
+            else:
+                lo = "(" + last
+        return records, _entry_key(last)
+
+
+class Query(msgspec.Struct, kw_only=True):
+    """A page request; `cursor` continues after the last record of the previous page."""
+
+    since_ms: int | None = None
+    until_ms: int | None = None
+    type: str | None = None
+    source: str | None = None
+    limit: int = 100
+    newest_first: bool = True
+    cursor: str | None = None
+
+    def after(self) -> tuple[int, int, int] | None:
+        if self.cursor is None:
+            return None
+        try:
+            entry_id, _, partition = base64.urlsafe_b64decode(self.cursor.encode() + b"==").decode().partition("/")
+            ms, seq = _entry_key(entry_id)
+            return ms, seq, int(partition)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidEvent([FieldProblem("/cursor", "not a cursor returned by this API")]) from None
+
+    def bounds(self, partition: int) -> tuple[str, str]:
+        """(upper, lower) XRANGE bounds for one partition, honouring the time range and cursor."""
+        hi = f"({self.until_ms}-0" if self.until_ms is not None else "+"
+        lo = f"{self.since_ms}-0" if self.since_ms is not None else "-"
+        after = self.after()
+        if after is not None:
+            ms, seq, cp = after
+            # Records are ordered by (entry id, partition); ties across partitions are rare but real.
+            if self.newest_first:
+                inclusive = partition < cp
+                hi = _tighter(hi, f"{'' if inclusive else '('}{ms}-{seq}", upper=True)
+            else:
+                inclusive = partition > cp
+                lo = _tighter(lo, f"{'' if inclusive else '('}{ms}-{seq}", upper=False)
+        return hi, lo
+
+
+class Page(msgspec.Struct):
+    events: list[Record]
+    next_cursor: str | None
+
+
+def _merge(q: Query, per_partition: list[tuple[list[Record], tuple[int, int] | None]]) -> Page:
+    def key(r: Record) -> tuple[int, int, int]:
+        return (*_entry_key(r.entry_id), r.partition)
+
+    streams = [records for records, _ in per_partition]
+    merged = list(heapq.merge(*streams, key=key, reverse=q.newest_first))
+    # A partition whose scan stopped early is only complete down to where it stopped.
+    stops = [stop for _, stop in per_partition if stop is not None]
+    if stops:
+        bound = max(stops) if q.newest_first else min(stops)
+        merged = [r for r in merged if (_entry_key(r.entry_id) >= bound) == q.newest_first]
+    page = merged[: q.limit]
+    more = len(merged) > q.limit or any(len(s) >= q.limit for s in streams) or bool(stops)
+    cursor = None
+    if page and more:
+        last = page[-1]
+        cursor = base64.urlsafe_b64encode(f"{last.entry_id}/{last.partition}".encode()).decode().rstrip("=")
+    elif stops and not page:
+        bound = max(stops) if q.newest_first else min(stops)
+        cursor = base64.urlsafe_b64encode(f"{bound[0]}-{bound[1]}/0".encode()).decode().rstrip("=")
+    return Page(page, cursor)
+
+
+def _tighter(current: str, candidate: str, *, upper: bool) -> str:
+    if current in ("+", "-"):
+        return candidate
+    cur, cand = _entry_key(current.lstrip("(")), _entry_key(candidate.lstrip("("))
+    if cur == cand:
+        return current if current.startswith("(") else candidate
+    return candidate if (cand < cur) == upper else current
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("append flush crashed", exc_info=task.exception())

@@ -1,0 +1,94 @@
+"""The public HTTP API: ingest and query. Handlers decode, call one service function, encode."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+
+from app.errors import FieldProblem, InvalidEvent
+from app.events import parse_batch, parse_request
+from app.service import Services
+from app.store import Query
+
+_encode = msgspec.json.Encoder().encode
+AnyRequest = Request[Any, Any, Any]
+
+
+def services(request: AnyRequest) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(_encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+@post("/v1/events", status_code=202, summary="Ingest one event (plain JSON, CloudEvents structured or binary)")
+async def ingest_one(request: AnyRequest) -> Response[bytes]:
+    svc = services(request)
+    source = await svc.producers.authenticate(request.headers.get("authorization"))
+    events, is_batch = parse_request(await request.body(), request.headers.get("content-type"), request.headers)
+    appended = await svc.ingest(events, source, request.headers)
+    if is_batch:
+        return _json({"events": appended}, 202)
+    return _json(appended[0], 202, {"Location": f"/v1/events/{appended[0].id}"})
+
+
+@post("/v1/events/batch", status_code=202, summary="Ingest a batch of events, all or none")
+async def ingest_batch(request: AnyRequest) -> Response[bytes]:
+    svc = services(request)
+    source = await svc.producers.authenticate(request.headers.get("authorization"))
+    events = parse_batch(await request.body(), request.headers.get("content-type"))
+    return _json({"events": await svc.ingest(events, source, request.headers)}, 202)
+
+
+@get("/v1/events", summary="Query the log by time range, type and source, newest first")
+async def list_events(
+    request: AnyRequest,
+    since: str | None = None,
+    until: str | None = None,
+    type: str | None = None,  # noqa: A002 - the CloudEvents attribute is called `type`
+    source: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    order: str = "desc",
+) -> Response[bytes]:
+    problems: list[FieldProblem] = []
+    if not 1 <= limit <= 1000:
+        problems.append(FieldProblem("/limit", "must be between 1 and 1000"))
+    if order not in ("asc", "desc"):
+        problems.append(FieldProblem("/order", "must be asc or desc"))
+    query = Query(
+        since_ms=_time_ms(since, "since", problems), until_ms=_time_ms(until, "until", problems),
+        type=type or None, source=source or None, limit=limit, newest_first=order == "desc", cursor=cursor,
+    )
+    if problems:
+        raise InvalidEvent(problems)
+    query.after()  # reject a bad cursor before touching Redis
+    return _json(await services(request).log.query(query))
+
+
+@get("/v1/events/{ident:str}", summary="One event by event id or stream entry id")
+async def get_event(request: AnyRequest, ident: str) -> Response[bytes]:
+    return _json(await services(request).log.get(ident))
+
+
+def _time_ms(value: str | None, name: str, problems: list[FieldProblem]) -> int | None:
+    """RFC 3339 or milliseconds since the epoch."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        problems.append(FieldProblem(f"/{name}", "an RFC 3339 time or milliseconds since the epoch"))
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+ROUTES = [ingest_one, ingest_batch, list_events, get_event]

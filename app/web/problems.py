@@ -1,0 +1,77 @@
+"""RFC 9457 problem+json: the one place where errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from app.connections import is_unavailable, unavailable
+from app.errors import EventFlowError, InvalidEvent, PayloadTooLarge, Unavailable
+
+log = logging.getLogger("eventflow.web")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any) -> Response[bytes]:
+    body: dict[str, Any] = {
+        "type": f"/problems/{title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    body.update(extra)
+    headers = {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def eventflow_error(request: Request[Any, Any, Any], exc: EventFlowError) -> Response[bytes]:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidEvent):
+        extra["errors"] = [p.to_dict() for p in exc.problems]
+    if isinstance(exc, Unavailable):
+        extra["retry_after"] = exc.retry_after_s
+    return problem(request, exc.status, exc.title, exc.detail, **extra)
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    settings = request.app.state.settings
+    if exc.status_code == 413:
+        return eventflow_error(request, PayloadTooLarge(
+            f"the body is larger than {settings.max_body_bytes} bytes (EVENTFLOW_MAX_BODY_BYTES)"
+        ))
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        extra["errors"] = [
+            {"pointer": f"/{e.get('key', '')}", "detail": e.get("message", "")}
+            for e in exc.extra if isinstance(e, dict)
+        ]
+    title = _TITLES.get(exc.status_code, "Error")
+    return problem(request, exc.status_code, title, str(exc.detail), **extra)
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if is_unavailable(exc):
+        return eventflow_error(request, unavailable(exc, request.app.state.settings))
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(request, 500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+_TITLES = {
+    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+    405: "Method not allowed", 409: "Conflict", 413: "Payload too large",
+    415: "Unsupported media type", 429: "Too many requests", 503: "Service unavailable",
+}
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    EventFlowError: eventflow_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}
