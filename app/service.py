@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping, Sequence
 
+import msgspec
 from redis.asyncio import Redis
 
 from app.connections import check_server, is_unavailable
-from app.errors import ConfigError, FieldProblem, Forbidden, InvalidEvent, PayloadTooLarge
-from app.events import Incoming, enrich, now_rfc3339
+from app.errors import ConfigError, Forbidden, NotFound, PayloadTooLarge
+from app.events import Incoming, Record, enrich, now_rfc3339
 from app.ids import valid_traceparent
 from app.producers import Producers
-from app.store import Appended, EventLog, Prepared
 from app.settings import Settings
+from app.store import Appended, EventLog, Page, Prepared, Query
 
 log = logging.getLogger("eventflow.service")
 
@@ -41,6 +43,27 @@ class Services:
         if not self._server_checked:
             await check_server(self.redis, self.settings)
             self._server_checked = True
+
+    async def reader_scope(self, authorization: str | None) -> str | None:
+        """Who may read: the operator API token reads everything (None); a producer key reads
+        only its own events (its source)."""
+        token = self.settings.api_token
+        if token and authorization and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            return None
+        return await self.producers.authenticate(authorization)
+
+    async def query(self, query: Query, scope: str | None) -> Page:
+        if scope is not None:
+            if query.source not in (None, scope):
+                raise Forbidden(f"this key reads only the events of producer {scope!r}")
+            query = msgspec.structs.replace(query, source=scope)
+        return await self.log.query(query)
+
+    async def get_event(self, ident: str, scope: str | None) -> Record:
+        record = await self.log.get(ident)
+        if scope is not None and record.event.get("source") != scope:
+            raise NotFound(f"no event with id {ident!r}")
+        return record
 
     async def ingest(
         self, events: Sequence[Incoming], source: str, headers: Mapping[str, str]

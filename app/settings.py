@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     log_level: str = "INFO"
     auth_cache_s: float = 1.0
+    api_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -100,6 +101,7 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_LOG_FORMAT": "log_format",
     "EVENTFLOW_LOG_LEVEL": "log_level",
     "EVENTFLOW_AUTH_CACHE_S": "auth_cache_s",
+    "EVENTFLOW_API_TOKEN": "api_token",
 }
 
 _VAR_OF = {field: var for var, field in ENV_VARS.items()}

@@ -277,7 +277,7 @@ class EventLog:
                 [stream, index], [hi, lo, q.limit - len(records), match, "1" if q.newest_first else "0", _QUERY_BUDGET]
             )
             last = _s(reply[0])
-            records += [Record.from_entry(_s(e), partition, dict(zip(f[::2], f[1::2], strict=True))) for e, f in reply[1:]]
+            records += [Record.from_entry(_s(e), partition, _pairs(f)) for e, f in reply[1:]]
             if not last or len(records) >= q.limit:
                 return records, None
             if q.newest_first:
@@ -365,6 +365,10 @@ def _tighter(current: str, candidate: str, *, upper: bool) -> str:
 def _entry_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _s(value: bytes | str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath, FromQuery
 
 from app.errors import FieldProblem, InvalidEvent
 from app.events import parse_batch, parse_request
@@ -29,7 +30,8 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 async def ingest_one(request: AnyRequest) -> Response[bytes]:
     svc = services(request)
     source = await svc.producers.authenticate(request.headers.get("authorization"))
-    events, is_batch = parse_request(await request.body(), request.headers.get("content-type"), request.headers)
+    body = await request.body()
+    events, is_batch = parse_request(body, request.headers.get("content-type"), request.headers)
     appended = await svc.ingest(events, source, request.headers)
     if is_batch:
         return _json({"events": appended}, 202)
@@ -47,13 +49,13 @@ async def ingest_batch(request: AnyRequest) -> Response[bytes]:
 @get("/v1/events", summary="Query the log by time range, type and source, newest first")
 async def list_events(
     request: AnyRequest,
-    since: str | None = None,
-    until: str | None = None,
-    type: str | None = None,  # noqa: A002 - the CloudEvents attribute is called `type`
-    source: str | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
-    order: str = "desc",
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    type: FromQuery[str | None] = None,  # noqa: A002 - the CloudEvents attribute is called `type`
+    source: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+    cursor: FromQuery[str | None] = None,
+    order: FromQuery[str] = "desc",
 ) -> Response[bytes]:
     problems: list[FieldProblem] = []
     if not 1 <= limit <= 1000:
@@ -67,12 +69,16 @@ async def list_events(
     if problems:
         raise InvalidEvent(problems)
     query.after()  # reject a bad cursor before touching Redis
-    return _json(await services(request).log.query(query))
+    svc = services(request)
+    scope = await svc.reader_scope(request.headers.get("authorization"))
+    return _json(await svc.query(query, scope))
 
 
 @get("/v1/events/{ident:str}", summary="One event by event id or stream entry id")
-async def get_event(request: AnyRequest, ident: str) -> Response[bytes]:
-    return _json(await services(request).log.get(ident))
+async def get_event(request: AnyRequest, ident: FromPath[str]) -> Response[bytes]:
+    svc = services(request)
+    scope = await svc.reader_scope(request.headers.get("authorization"))
+    return _json(await svc.get_event(ident, scope))
 
 
 def _time_ms(value: str | None, name: str, problems: list[FieldProblem]) -> int | None:
