@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(handler=show_config)
 
     _producers(sub)
+    _consumers_cli(sub)
     return parser
+
+
+def _consumers_cli(sub: Any) -> None:
+    """The worker-side commands live in consumers/ (app/ never imports it at module level)."""
+    try:
+        consumers_cli = importlib.import_module("consumers.cli")
+    except ImportError:  # an install without the consumers package: web only
+        return
+    consumers_cli.add_parser(sub)
 
 
 def _producers(sub: Any) -> None:

@@ -325,8 +325,8 @@ class Record(msgspec.Struct, kw_only=True):
                 event["data"] = _data_of(value, direct, problems)
             elif name == "_x":
                 extensions.update(_any.decode(value))
-            elif name == "_v":
-                continue
+            elif name.startswith("_"):
+                continue  # EventFlow's own bookkeeping (format version, dead-letter metadata)
             else:
                 event[name] = value.decode("utf-8", "replace")
         event.update(extensions)

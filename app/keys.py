@@ -53,12 +53,16 @@ class Keys:
         return self._base[partition] + "dlq"
 
     def retry_schedule(self, partition: int, group: str) -> str:
-        """Sorted set entry id -> due time (ms) of deliveries waiting for their backoff."""
+        """Sorted set "<l|r>:<entry id>" -> due time (ms) of deliveries waiting for their backoff."""
         return self._base[partition] + "retry:" + group
 
-    def attempts(self, partition: int, group: str) -> str:
-        """Failed-attempt records of one group (bounded stream)."""
-        return self._base[partition] + "attempts:" + group
+    def replay(self, partition: int, group: str) -> str:
+        """Events queued for redelivery to one group only (dead-letter and history replays)."""
+        return self._base[partition] + "replay:" + group
+
+    def attempts(self, partition: int, group: str, entry_id: str) -> str:
+        """List of one event's attempt records in one group (only events that ever failed)."""
+        return self._base[partition] + "att:" + group + ":" + entry_id
 
     def partition_of(self, partition_key: str) -> int:
         """The partition that holds events of this partition key (stable across processes)."""
@@ -80,6 +84,15 @@ class Keys:
     def producer_stats(self, name: str) -> str:
         """Hash: events, last_seen_ms of one producer."""
         return f"{self.prefix}:producer-stats:{name}"
+
+    @property
+    def consumers(self) -> str:
+        """Hash: consumer group name -> JSON of its declared settings (written by the runners)."""
+        return f"{self.prefix}:consumers"
+
+    def heartbeat(self, consumer_id: str) -> str:
+        """A worker process's heartbeat (expires when it stops beating)."""
+        return f"{self.prefix}:worker:{consumer_id}"
 
     @property
     def producers_changed(self) -> str:

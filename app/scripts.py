@@ -29,3 +29,6 @@ class Scripts:
         self.append: AsyncScript = redis.register_script(source("append"))
         self.catch_up: AsyncScript = redis.register_script(source("catch_up"))
         self.query: AsyncScript = redis.register_script(source("query"))
+        self.claim_due: AsyncScript = redis.register_script(source("claim_due"))
+        self.dead_letter: AsyncScript = redis.register_script(source("dead_letter"))
+        self.replay_dead: AsyncScript = redis.register_script(source("replay_dead"))

@@ -43,6 +43,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     auth_cache_s: float = 1.0
     api_token: str | None = None
+    attempts_ttl_s: int = 7 * 86_400
+    consumer_id: str | None = None
+    worker_metrics_port: int = 9100
+    shutdown_grace_s: float = 20.0
+    allow_private_webhooks: bool = False
+    audit_path: str = ".eventflow/audit"
+    audit_rotate_bytes: int = 64 * 1024 * 1024
+    stats_retention_s: int = 7 * 86_400
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -70,6 +78,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.max_body_bytes >= 1024, "EVENTFLOW_MAX_BODY_BYTES must be at least 1024"),
             (self.idempotency_window_s >= 1, "EVENTFLOW_IDEMPOTENCY_WINDOW_S must be at least 1"),
             (self.redis_timeout_s > 0, "EVENTFLOW_REDIS_TIMEOUT_S must be positive"),
+            # Checked here so the message names the variable (redis-py's own error does not); the
+            # value itself is not echoed, it may carry a password.
+            (self.redis_url is None or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+             "REDIS_URL must start with redis://, rediss:// or unix://"),
             (self.log_format in ("json", "text"), "EVENTFLOW_LOG_FORMAT must be json or text"),
             (bool(self.prefix) and "{" not in self.prefix and "}" not in self.prefix,
              "EVENTFLOW_PREFIX must be non-empty and contain no braces"),
@@ -102,6 +114,14 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_LOG_LEVEL": "log_level",
     "EVENTFLOW_AUTH_CACHE_S": "auth_cache_s",
     "EVENTFLOW_API_TOKEN": "api_token",
+    "EVENTFLOW_ATTEMPTS_TTL_S": "attempts_ttl_s",
+    "EVENTFLOW_CONSUMER_ID": "consumer_id",
+    "EVENTFLOW_WORKER_METRICS_PORT": "worker_metrics_port",
+    "EVENTFLOW_SHUTDOWN_GRACE_S": "shutdown_grace_s",
+    "EVENTFLOW_ALLOW_PRIVATE_WEBHOOKS": "allow_private_webhooks",
+    "EVENTFLOW_AUDIT_PATH": "audit_path",
+    "EVENTFLOW_AUDIT_ROTATE_BYTES": "audit_rotate_bytes",
+    "EVENTFLOW_STATS_RETENTION_S": "stats_retention_s",
 }
 
 _VAR_OF = {field: var for var, field in ENV_VARS.items()}

@@ -1,0 +1,246 @@
+"""The dispatcher's Redis side: consumer groups, reclaiming, retry schedule, acks and dead letters.
+
+Consumer groups on the log are the dispatcher. Each group also has a replay stream (per partition)
+holding events queued for redelivery to that group only. A failed delivery stays in the group's
+pending list (PEL) while it waits for its backoff in a sorted set (the retry schedule); when due it
+is claimed atomically by one worker (claim_due.lua). Entries idle past the lease that are not
+scheduled for a retry belong to a dead or stuck worker and are reclaimed with XPENDING + XCLAIM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from app.keys import Keys
+from app.scripts import Scripts
+from app.settings import Settings
+
+LOG, REPLAY = "l", "r"
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    """One delivery in hand: where it was read from, and the log entry it stands for."""
+
+    kind: str  # LOG or REPLAY
+    stream_id: str  # its id in the stream it was read from
+    entry_id: str  # its id in the log (the same for LOG)
+    partition: int
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+    @property
+    def member(self) -> str:
+        """Its name in the retry schedule."""
+        return f"{self.kind}:{self.stream_id}"
+
+
+class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One delivery attempt of one event in one group (kept only for events that ever failed)."""
+
+    attempt: int
+    outcome: str  # failed (will retry) | dead-lettered | succeeded | invalid | replayed
+    at_ms: int
+    consumer: str = ""
+    duration_ms: float | None = None
+    error_type: str | None = None
+    error: str | None = None
+    next_at_ms: int | None = None
+    span_id: str | None = None
+
+
+class Claimed(msgspec.Struct):
+    entries: list[Pending]
+    lost: int = 0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Dispatch:
+    """Group operations for the runners (consumers/) and the service layer (lifecycle, DLQ)."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.scripts = Scripts(redis)
+
+    def stream_key(self, kind: str, partition: int, group: str) -> str:
+        return self.keys.stream(partition) if kind == LOG else self.keys.replay(partition, group)
+
+    async def ensure_groups(self, group: str, start_at_beginning: bool = True) -> None:
+        """Create the group on every partition's log and replay stream; idempotent."""
+        for partition in range(self.keys.partitions):
+            for key, start in ((self.keys.stream(partition), "0" if start_at_beginning else "$"),
+                               (self.keys.replay(partition, group), "0")):
+                try:
+                    await self.redis.xgroup_create(key, group, id=start, mkstream=True)
+                except rx.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def read(
+        self, group: str, consumer: str, partition: int, count: int, block_ms: int | None, *, own: bool = False
+    ) -> Claimed:
+        """New entries (`own=False`) or this consumer's own pending ones (`own=True`, at start-up)."""
+        log_key, replay_key = self.keys.stream(partition), self.keys.replay(partition, group)
+        start = "0" if own else ">"
+        reply = await self.redis.xreadgroup(
+            group, consumer, {log_key: start, replay_key: start}, count=count, block=block_ms
+        )
+        out = Claimed([])
+        lost: list[tuple[str, str]] = []
+        for stream, entries in reply or []:
+            kind = LOG if _s(stream) == log_key else REPLAY
+            for stream_id, fields in entries:
+                if not fields:  # deleted or trimmed while pending
+                    lost.append((kind, _s(stream_id)))
+                    continue
+                out.entries.append(_pending(kind, _s(stream_id), partition, fields))
+        if own and out.entries:
+            out.entries = await self._not_scheduled(group, partition, out.entries)
+        if lost:
+            out.lost = len(lost)
+            await self._ack_ids(group, partition, lost)
+        return out
+
+    async def claim_due(self, group: str, consumer: str, partition: int, count: int) -> Claimed:
+        """Deliveries whose backoff has passed, claimed by this consumer."""
+        keys = [self.keys.stream(partition), self.keys.replay(partition, group),
+                self.keys.retry_schedule(partition, group)]
+        reply = await self.scripts.claim_due(keys, [group, consumer, now_ms(), count])
+        out = Claimed([])
+        for member, claimed in reply:
+            kind, stream_id = _s(member)[0], _s(member)[2:]
+            if claimed == b"L":
+                out.lost += 1
+            elif claimed != b"N":
+                fields = dict(zip(claimed[1][::2], claimed[1][1::2], strict=True))
+                out.entries.append(_pending(kind, stream_id, partition, fields, deliveries=2))
+        return out
+
+    async def reclaim_idle(self, group: str, consumer: str, partition: int, lease_ms: int, count: int) -> Claimed:
+        """Take over entries idle past the lease (their worker died or hangs), skipping scheduled retries."""
+        out = Claimed([])
+        for kind in (LOG, REPLAY):
+            key = self.stream_key(kind, partition, group)
+            pending = await self.redis.xpending_range(key, group, "-", "+", count, idle=lease_ms)
+            if not pending:
+                continue
+            deliveries = {_s(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            members = [f"{kind}:{i}" for i in deliveries]
+            scores = await self.redis.zmscore(self.keys.retry_schedule(partition, group), members)
+            ids = [i for i, score in zip(deliveries, scores, strict=True) if score is None]
+            if not ids:
+                continue
+            claimed = await self.redis.xclaim(key, group, consumer, lease_ms, ids)
+            got = {_s(i): f for i, f in claimed if f}
+            for stream_id in ids:
+                if stream_id in got:
+                    out.entries.append(
+                        _pending(kind, stream_id, partition, got[stream_id], deliveries=deliveries[stream_id] + 1)
+                    )
+                elif not await self.redis.xrange(key, stream_id, stream_id):
+                    out.lost += 1
+        return out
+
+    async def renew(self, group: str, consumer: str, entries: Sequence[Pending]) -> None:
+        """Reset the idle time of deliveries still being handled, so nobody reclaims them."""
+        pipe = self.redis.pipeline(transaction=False)
+        for (kind, partition), ids in _by_stream(entries).items():
+            pipe.xclaim(self.stream_key(kind, partition, group), group, consumer, 0, ids, justid=True)
+        await pipe.execute()
+
+    async def ack(self, group: str, entries: Sequence[Pending]) -> None:
+        """Acknowledge handled deliveries (one XACK per stream)."""
+        if not entries:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for (kind, partition), ids in _by_stream(entries).items():
+            pipe.xack(self.stream_key(kind, partition, group), group, *ids)
+        await pipe.execute()
+
+    async def _ack_ids(self, group: str, partition: int, ids: Iterable[tuple[str, str]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, stream_id in ids:
+            pipe.xack(self.stream_key(kind, partition, group), group, stream_id)
+        await pipe.execute()
+
+    async def schedule_retry(self, group: str, entry: Pending, attempt: Attempt) -> None:
+        """Record a failed attempt and schedule the next one; the entry stays pending meanwhile."""
+        assert attempt.next_at_ms is not None
+        pipe = self.redis.pipeline(transaction=True)
+        self._record(pipe, group, entry, attempt)
+        pipe.zadd(self.keys.retry_schedule(entry.partition, group), {entry.member: attempt.next_at_ms})
+        await pipe.execute()
+
+    async def record(self, group: str, entry: Pending, attempt: Attempt) -> None:
+        """Add an attempt record (a success after failures, a replay...)."""
+        pipe = self.redis.pipeline(transaction=True)
+        self._record(pipe, group, entry, attempt)
+        await pipe.execute()
+
+    def _record(self, pipe: Any, group: str, entry: Pending, attempt: Attempt) -> None:
+        key = self.keys.attempts(entry.partition, group, entry.entry_id)
+        pipe.rpush(key, msgspec.json.encode(attempt))
+        pipe.ltrim(key, -50, -1)
+        pipe.expire(key, self.settings.attempts_ttl_s)
+
+    async def dead_letter(self, group: str, entry: Pending, attempt: Attempt, reason: str) -> None:
+        """Write the dead letter, record the attempt and ack, atomically (dead_letter.lua)."""
+        p = entry.partition
+        keys = [self.stream_key(entry.kind, p, group), self.keys.dead_letters(p),
+                self.keys.retry_schedule(p, group), self.keys.attempts(p, group, entry.entry_id)]
+        fields: list[Any] = []
+        for name, value in entry.fields.items():
+            if not name.startswith(b"_") or name in (b"_v", b"_x"):
+                fields += (name, value)
+        fields += ("_entry", entry.entry_id, "_group", group, "_reason", reason,
+                   "_attempts", attempt.attempt, "_error", _error_text(attempt), "_dead_ms", attempt.at_ms)
+        args = [group, entry.stream_id, entry.member, msgspec.json.encode(attempt), self.settings.attempts_ttl_s]
+        await self.scripts.dead_letter(keys, [*args, *fields])
+
+    async def last_attempt(self, group: str, entries: Sequence[Pending]) -> list[Attempt | None]:
+        """The latest attempt record of each entry (None for events that never failed)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in entries:
+            pipe.lindex(self.keys.attempts(entry.partition, group, entry.entry_id), -1)
+        return [msgspec.json.decode(raw, type=Attempt) if raw else None for raw in await pipe.execute()]
+
+    async def attempts(self, group: str, partition: int, entry_id: str) -> list[Attempt]:
+        raw = await self.redis.lrange(self.keys.attempts(partition, group, entry_id), 0, -1)
+        return [msgspec.json.decode(r, type=Attempt) for r in raw]
+
+    async def _not_scheduled(self, group: str, partition: int, entries: list[Pending]) -> list[Pending]:
+        scores = await self.redis.zmscore(self.keys.retry_schedule(partition, group), [e.member for e in entries])
+        return [e for e, score in zip(entries, scores, strict=True) if score is None]
+
+
+def _pending(kind: str, stream_id: str, partition: int, fields: dict[bytes, bytes], deliveries: int = 1) -> Pending:
+    entry_id = stream_id if kind == LOG else _s(fields.get(b"_entry", stream_id.encode()))
+    return Pending(kind=kind, stream_id=stream_id, entry_id=entry_id, partition=partition,
+                   fields=fields, deliveries=deliveries)
+
+
+def _by_stream(entries: Iterable[Pending]) -> dict[tuple[str, int], list[str]]:
+    out: dict[tuple[str, int], list[str]] = {}
+    for entry in entries:
+        out.setdefault((entry.kind, entry.partition), []).append(entry.stream_id)
+    return out
+
+
+def _error_text(attempt: Attempt) -> str:
+    if attempt.error_type is None:
+        return attempt.error or ""
+    return f"{attempt.error_type}: {attempt.error or ''}"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

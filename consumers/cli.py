@@ -1,0 +1,88 @@
+"""`eventflow consume`: run consumers in this process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.connections import connect
+from app.errors import ConfigError
+from app.logs import configure_logging
+from app.settings import Settings
+from consumers.base import Consumer
+from consumers.runner import Runner, consumer_id
+
+Builder = Callable[[Settings, Redis], Consumer]
+
+
+def builtin() -> dict[str, Builder]:
+    """The built-in consumers by name (imported lazily so one broken consumer cannot stop the rest)."""
+    from consumers import analytics, audit, notify
+
+    return {"audit": audit.build, "notify": notify.build, "analytics": analytics.build}
+
+
+def load(names: list[str], module: str | None, settings: Settings, redis: Redis) -> list[Consumer]:
+    available: dict[str, Builder | Consumer] = {}
+    if module:
+        found = getattr(importlib.import_module(module), "CONSUMERS", None)
+        if found is None:
+            raise ConfigError(f"module {module!r} has no CONSUMERS list")
+        for item in found:
+            available[item.name if isinstance(item, Consumer) else item.__name__] = item
+    else:
+        available.update(builtin())
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ConfigError(f"unknown consumer(s) {', '.join(unknown)}; available: {', '.join(sorted(available))}")
+    chosen = [available[n] for n in names] if names else list(available.values())
+    return [c if isinstance(c, Consumer) else c(settings, redis) for c in chosen]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    configure_logging(settings)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_main(args.names, args.module, settings))
+    return 0
+
+
+async def _main(names: list[str], module: str | None, settings: Settings) -> None:
+    redis = connect(settings)
+    consumers = load(names, module, settings, redis)
+    runner = Runner(consumers, redis, settings, consumer_id(settings, os.environ))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop.set)
+    try:
+        await runner.run()
+    finally:
+        for c in consumers:
+            if c.close is not None:
+                await c.close()
+        await redis.aclose()
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "consume", help="run consumers in this process (all built-in ones by default)",
+        description="Run consumers until SIGTERM/SIGINT; in-flight deliveries finish within "
+        "EVENTFLOW_SHUTDOWN_GRACE_S, the rest stay pending and are reclaimed after their lease. "
+        "Built-in consumers: audit, notify, analytics.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="consumers to run (default: all)")
+    parser.add_argument("--module", help="import consumers from this module's CONSUMERS instead of the built-ins")
+    parser.set_defaults(handler=run)
+
+

@@ -1,0 +1,282 @@
+"""The runner: one reclaim-then-read loop per consumer and partition, bounded concurrency, graceful
+shutdown. A poll first claims deliveries whose backoff has passed, then (every half lease) takes
+over entries idle past the lease, then reads new entries; a batch is handled by `concurrency` lanes
+and acknowledged with one XACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+
+import msgspec
+from redis.asyncio import Redis
+
+from app.connections import is_unavailable
+from app.dispatch import Attempt, Claimed, Dispatch, Pending, now_ms
+from app.ids import trace_id
+from app.settings import Settings
+from consumers.base import Consumer, Delivery, Permanent, Retry
+
+log = logging.getLogger("eventflow.consumers")
+
+RETRY_POLL_S = 0.25  # how often a loop looks for retries that other processes scheduled
+BLOCK_MS = 250  # longest wait for new entries before looking at retries and stop again
+
+
+def consumer_id(settings: Settings, environ: Mapping[str, str]) -> str:
+    """A name stable per process slot, so a restarted process finds its own pending entries."""
+    if settings.consumer_id:
+        return settings.consumer_id
+    machine = environ.get("FLY_MACHINE_ID") or socket.gethostname()
+    slot = environ.get("EVENTFLOW_WORKER_SLOT") or environ.get("PS", "worker.1").rpartition(".")[2] or "1"
+    return f"{machine}-{slot}"
+
+
+class Outage:
+    """Logs a Redis outage once when it starts and once when it ends, not once per poll."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self.delay_s = 0.1
+
+    def failed(self, exc: BaseException) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s: Redis unavailable (%s); retrying with backoff", self.what, exc)
+        self.delay_s = min(5.0, self.delay_s * 2)
+        return self.delay_s
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.info("%s: Redis is back after %.1f s", self.what, time.monotonic() - self.since)
+            self.since = None
+        self.delay_s = 0.1
+
+
+class GroupLoop:
+    """Delivers one partition's events to one consumer."""
+
+    def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str, stop: asyncio.Event) -> None:
+        self.consumer = consumer
+        self.dispatch = dispatch
+        self.partition = partition
+        self.name = name  # this process's consumer name within the group
+        self.stop = stop
+        self.lease_ms = int(consumer.lease_s * 1000)
+        self.outage = Outage(f"consumer {consumer.name} partition {partition}")
+        self.lost = 0
+        self._next_retry_poll = 0.0  # monotonic time of the next routine look at the retry schedule
+        self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
+        self._next_reclaim = 0.0
+
+    async def run(self) -> None:
+        group, batch = self.consumer.name, self.consumer.batch_size
+        own = True  # first drain what this consumer name left pending before a restart
+        while not self.stop.is_set():
+            try:
+                if own:
+                    claimed = await self.dispatch.read(group, self.name, self.partition, batch, None, own=True)
+                    own = bool(claimed.entries)
+                    for entry in claimed.entries:
+                        entry.deliveries = 2
+                else:
+                    claimed = await self._poll()
+                self.lost += claimed.lost
+                if claimed.lost:
+                    log.error("%d pending entries were deleted or trimmed before delivery (lost)", claimed.lost,
+                              extra={"group": group, "partition": self.partition})
+                await self.handle(claimed.entries)
+                self.outage.ok()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_unavailable(exc):
+                    await _sleep_unless(self.stop, self.outage.failed(exc))
+                else:
+                    log.exception("consumer loop error", extra={"group": group, "partition": self.partition})
+                    await _sleep_unless(self.stop, 1.0)
+
+    async def _poll(self) -> Claimed:
+        now = time.monotonic()
+        group, batch = self.consumer.name, self.consumer.batch_size
+        out = Claimed([])
+        if now >= self._next_retry_poll or (self._due and now >= self._due[0]):
+            self._next_retry_poll = now + RETRY_POLL_S
+            while self._due and self._due[0] <= now:
+                heapq.heappop(self._due)
+            out = await self.dispatch.claim_due(group, self.name, self.partition, batch)
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self.consumer.lease_s / 2
+            idle = await self.dispatch.reclaim_idle(group, self.name, self.partition, self.lease_ms, batch)
+            out = Claimed(out.entries + idle.entries, out.lost + idle.lost)
+        if out.entries:
+            return out
+        # Wake up in time for the earliest retry this loop scheduled itself.
+        wake = min(self._next_retry_poll, self._due[0] if self._due else self._next_retry_poll)
+        block_ms = max(1, min(BLOCK_MS, int((wake - time.monotonic()) * 1000) + 1))
+        fresh = await self.dispatch.read(group, self.name, self.partition, batch, block_ms)
+        return Claimed(fresh.entries, out.lost + fresh.lost)
+
+    async def handle(self, entries: Sequence[Pending]) -> None:
+        """Handle a batch in `concurrency` lanes, renewing the lease meanwhile; ack in one call."""
+        if not entries:
+            return
+        attempts = await self._attempt_numbers(entries)
+        lanes = min(self.consumer.concurrency, len(entries))
+        renewer = asyncio.create_task(self._renew(entries))
+        try:
+            done = await asyncio.gather(*(self._lane(entries[i::lanes], attempts[i::lanes]) for i in range(lanes)))
+        finally:
+            renewer.cancel()
+        await self.dispatch.ack(self.consumer.name, [e for lane in done for e in lane])
+
+    async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int]:
+        again = [e for e in entries if e.deliveries > 1]
+        if not again:
+            return [1] * len(entries)
+        last = dict(zip(map(id, again), await self.dispatch.last_attempt(self.consumer.name, again), strict=True))
+        numbers = []
+        for entry in entries:
+            record = last.get(id(entry))
+            numbers.append(max(entry.deliveries if id(entry) in last else 1, record.attempt + 1 if record else 1))
+        return numbers
+
+    async def _renew(self, entries: Sequence[Pending]) -> None:
+        while True:
+            await asyncio.sleep(self.consumer.lease_s / 3)
+            try:
+                await self.dispatch.renew(self.consumer.name, self.name, entries)
+            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+                log.warning("lease renewal failed: %s", exc)
+
+    async def _lane(self, entries: Sequence[Pending], attempts: Sequence[int]) -> list[Pending]:
+        acked = []
+        for entry, attempt in zip(entries, attempts, strict=True):
+            if await self._handle_one(entry, attempt):
+                acked.append(entry)
+        return acked
+
+    async def _handle_one(self, entry: Pending, attempt: int) -> bool:
+        """Run the handler once; True when the batch should ack the entry."""
+        event_type = entry.fields.get(b"type")
+        if event_type is not None and not self.consumer.wants(event_type.decode(errors="replace")):
+            return True  # not for this consumer: acknowledged without calling the handler
+        delivery = Delivery(entry, self.consumer.name, attempt)
+        if b"_v" not in entry.fields and delivery.record.problems:
+            await self._dead(delivery, "invalid", "; ".join(delivery.record.problems), None, 0.0)
+            return False
+        started = time.perf_counter()
+        try:
+            await self.consumer.handler(delivery)
+        except Permanent as exc:
+            await self._dead(delivery, "permanent", str(exc), type(exc).__name__, started)
+            return False
+        except Retry as exc:
+            return await self._failed(delivery, exc, exc.delay_s, started)
+        except Exception as exc:  # noqa: BLE001 - every other failure is transient by contract
+            return await self._failed(delivery, exc, None, started)
+        if attempt > 1:
+            await self.dispatch.record(self.consumer.name, entry, self._attempt(delivery, "succeeded", started))
+        return True
+
+    async def _failed(self, delivery: Delivery, exc: Exception, delay_s: float | None, started: float) -> bool:
+        if delivery.attempt >= self.consumer.max_attempts:
+            await self._dead(delivery, "max-attempts", str(exc), type(exc).__name__, started)
+            return False
+        wait_s = delay_s if delay_s is not None else self.consumer.backoff.delay_s(delivery.attempt)
+        record = self._attempt(delivery, "failed", started, exc)
+        record.next_at_ms = now_ms() + int(wait_s * 1000)
+        await self.dispatch.schedule_retry(self.consumer.name, delivery.pending, record)
+        heapq.heappush(self._due, time.monotonic() + wait_s)
+        log.warning("delivery failed; retrying in %.2f s: %s: %s", wait_s, type(exc).__name__, exc,
+                    extra=self._context(delivery))
+        return False
+
+    async def _dead(self, delivery: Delivery, reason: str, error: str, error_type: str | None, started: float) -> None:
+        record = self._attempt(delivery, "dead-lettered", started)
+        record.error, record.error_type = error[:2000], error_type
+        await self.dispatch.dead_letter(self.consumer.name, delivery.pending, record, reason)
+        log.error("dead-lettered (%s): %s", reason, error, extra=self._context(delivery))
+
+    def _attempt(self, delivery: Delivery, outcome: str, started: float, exc: Exception | None = None) -> Attempt:
+        return Attempt(
+            attempt=delivery.attempt, outcome=outcome, at_ms=now_ms(), consumer=self.name,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3) if started else None,
+            error_type=type(exc).__name__ if exc else None, error=str(exc)[:2000] if exc else None,
+            span_id=delivery.span_id,
+        )
+
+    def _context(self, delivery: Delivery) -> dict[str, object]:
+        parent = str(delivery.event.get("traceparent", ""))
+        return {
+            "event_id": delivery.id, "event_type": delivery.type, "group": self.consumer.name,
+            "attempt": delivery.attempt, "entry_id": delivery.entry_id,
+            "trace_id": trace_id(parent) if len(parent) == 55 else None, "span_id": delivery.span_id,
+        }
+
+
+class Runner:
+    """Runs consumers in this process until `stop` is set, then shuts down within the grace period."""
+
+    def __init__(self, consumers: Sequence[Consumer], redis: Redis, settings: Settings, name: str) -> None:
+        self.consumers = list(consumers)
+        self.settings = settings
+        self.dispatch = Dispatch(redis, settings)
+        self.name = name
+        self.stop = asyncio.Event()
+        self.loops: list[GroupLoop] = []
+
+    async def setup(self) -> None:
+        """Create groups and publish each consumer's settings (idempotent; retried while Redis is down)."""
+        outage = Outage("runner start-up")
+        while True:
+            try:
+                for c in self.consumers:
+                    await self.dispatch.ensure_groups(c.name, start_at_beginning=c.start == "beginning")
+                    await self.dispatch.redis.hset(self.dispatch.keys.consumers, c.name, msgspec.json.encode(c.spec()))
+                outage.ok()
+                return
+            except Exception as exc:
+                if not is_unavailable(exc) or self.stop.is_set():
+                    raise
+                await _sleep_unless(self.stop, outage.failed(exc))
+
+    async def run(self) -> None:
+        await self.setup()
+        self.loops = [GroupLoop(c, self.dispatch, p, self.name, self.stop)
+                      for c in self.consumers for p in range(self.dispatch.keys.partitions)]
+        tasks = [asyncio.create_task(loop.run()) for loop in self.loops]
+        tasks.append(asyncio.create_task(self._heartbeat()))
+        log.info("consuming: %s as %s", ", ".join(c.name for c in self.consumers), self.name)
+        await self.stop.wait()
+        grace_s = self.settings.shutdown_grace_s
+        _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()  # what they held stays pending and is reclaimed after the lease
+        await asyncio.gather(*pending, return_exceptions=True)
+        log.info("stopped (%d task(s) cut off after the %.0f s grace)", len(pending), grace_s)
+
+    async def _heartbeat(self) -> None:
+        key = self.dispatch.keys.heartbeat(self.name)
+        body = msgspec.json.encode({"consumers": [c.name for c in self.consumers], "pid": os.getpid()})
+        while not self.stop.is_set():
+            try:
+                await self.dispatch.redis.set(key, body, ex=30)
+            except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
+                log.debug("heartbeat failed: %s", exc)
+            await _sleep_unless(self.stop, 10)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
