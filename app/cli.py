@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app import __version__
+from app import __version__, cli_ops
 from app.errors import EventFlowError
 from app.settings import ENV_VARS, Settings
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(handler=show_config)
 
     _producers(sub)
+    cli_ops.add_parsers(sub)
     _consumers_cli(sub)
     return parser
 

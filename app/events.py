@@ -271,6 +271,25 @@ def _valid_time(value: str) -> bool:
     return parsed.tzinfo is not None and "T" in value.upper()
 
 
+def parse_time(value: str | None, name: str) -> int | None:
+    """RFC 3339 (UTC when no offset) or milliseconds since the epoch."""
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent([FieldProblem(f"/{name}", "an RFC 3339 time or milliseconds since the epoch")]) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    # Integer arithmetic: float `timestamp() * 1000` lands 1 ms low for some values.
+    return (parsed - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 # -- enrichment and the log format --------------------------------------------------------------
 
 
@@ -324,7 +343,7 @@ class Record(msgspec.Struct, kw_only=True):
             if name == "data":
                 event["data"] = _data_of(value, direct, problems)
             elif name == "_x":
-                extensions.update(_any.decode(value))
+                _extensions_of(value, extensions, problems)
             elif name.startswith("_"):
                 continue  # EventFlow's own bookkeeping (format version, dead-letter metadata)
             else:
@@ -334,6 +353,18 @@ class Record(msgspec.Struct, kw_only=True):
             event.setdefault("id", entry_id)
             problems += [f"missing {n}" for n in ("type", "source") if n not in event]
         return cls(entry_id=entry_id, partition=partition, direct=direct, event=event, problems=problems)
+
+
+def _extensions_of(value: bytes, extensions: dict[str, Any], problems: list[str]) -> None:
+    # Direct writers may put anything in `_x`: flag it rather than fail every query that reads it.
+    try:
+        decoded = _any.decode(value)
+    except msgspec.DecodeError:
+        decoded = None
+    if isinstance(decoded, dict):
+        extensions.update(decoded)
+    else:
+        problems.append("_x is not a JSON object")
 
 
 def _data_of(value: bytes, direct: bool, problems: list[str]) -> msgspec.Raw | str:

@@ -44,6 +44,12 @@ class Keys:
         """Event id -> "<entry id> <source>" for the idempotency window (dedup + lookup by id)."""
         return self._base[partition] + "id:" + event_id
 
+    def source_event_id(self, partition: int, source: str, event_id: str) -> str:
+        """Event id -> entry id, for a source whose event id another source used first (dedup only).
+
+        Source names have no spaces, so "<source> <id>" is unambiguous. append.lua builds it too."""
+        return self._base[partition] + "ids:" + source + " " + event_id
+
     def indexed(self, partition: int) -> str:
         """The last log entry the indexes cover (entries XADDed directly are indexed later)."""
         return self._base[partition] + "indexed"
@@ -98,3 +104,18 @@ class Keys:
     def producers_changed(self) -> str:
         """Pub/sub channel: a producer was created, rotated or revoked (auth caches drop it)."""
         return f"{self.prefix}:producers-changed"
+
+    # -- webhooks (notify consumer) --------------------------------------------------------------
+    @property
+    def webhooks(self) -> str:
+        """Hash: subscription id -> JSON record (url, type patterns, secret, enabled...)."""
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_deliveries(self) -> str:
+        """Hash: subscription id -> JSON of its last delivery (time, status, latency, error)."""
+        return f"{self.prefix}:webhook-deliveries"
+
+    def webhook_sent(self, partition: int, delivery: str) -> str:
+        """Set of subscription ids one delivery already reached (skipped when it is retried)."""
+        return f"{self.prefix}:webhook-sent:{partition}:{delivery}"

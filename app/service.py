@@ -9,15 +9,23 @@ from collections.abc import Mapping, Sequence
 import msgspec
 from redis.asyncio import Redis
 
-from app.connections import check_server, is_unavailable
+from app.connections import check_server, is_unavailable, redis_errors
+from app.deadletters import DeadLetters
 from app.errors import ConfigError, Forbidden, NotFound, PayloadTooLarge
 from app.events import Incoming, Record, enrich, now_rfc3339
 from app.ids import valid_traceparent
+from app.lifecycle import GroupState, Lifecycle
 from app.producers import Producers
 from app.settings import Settings
 from app.store import Appended, EventLog, Page, Prepared, Query
 
 log = logging.getLogger("eventflow.service")
+
+
+class EventDetail(Record, kw_only=True):
+    """An event as `GET /v1/events/{id}` returns it: the log record plus its deliveries."""
+
+    deliveries: list[GroupState] = []
 
 
 class Services:
@@ -28,6 +36,8 @@ class Services:
         self.settings = settings
         self.log = EventLog(redis, settings)
         self.producers = Producers(redis, settings)
+        self.lifecycle = Lifecycle(redis, settings)
+        self.dead_letters = DeadLetters(redis, settings)
         self._server_checked = False
 
     async def start(self) -> None:
@@ -59,11 +69,19 @@ class Services:
             query = msgspec.structs.replace(query, source=scope)
         return await self.log.query(query)
 
-    async def get_event(self, ident: str, scope: str | None) -> Record:
+    async def require_operator(self, authorization: str | None) -> None:
+        """Operations (dead letters, replays, webhooks) need the operator API token."""
+        if await self.reader_scope(authorization) is not None:
+            raise Forbidden("this needs the operator API token (EVENTFLOW_API_TOKEN), not a producer key")
+
+    async def get_event(self, ident: str, scope: str | None) -> EventDetail:
+        """One event with its delivery state in every consumer group."""
         record = await self.log.get(ident)
         if scope is not None and record.event.get("source") != scope:
             raise NotFound(f"no event with id {ident!r}")
-        return record
+        async with redis_errors(self.settings):
+            deliveries = await self.lifecycle.deliveries(record)
+        return EventDetail(**msgspec.structs.asdict(record), deliveries=deliveries)
 
     async def ingest(
         self, events: Sequence[Incoming], source: str, headers: Mapping[str, str]

@@ -19,7 +19,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from app.connections import is_unavailable
-from app.dispatch import Attempt, Claimed, Dispatch, Pending, now_ms
+from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, now_ms
 from app.ids import trace_id
 from app.settings import Settings
 from consumers.base import Consumer, Delivery, Permanent, Retry
@@ -139,7 +139,8 @@ class GroupLoop:
         await self.dispatch.ack(self.consumer.name, [e for lane in done for e in lane])
 
     async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int]:
-        again = [e for e in entries if e.deliveries > 1]
+        # Redeliveries and replays continue the attempt count kept in the attempt records.
+        again = [e for e in entries if e.deliveries > 1 or e.kind != LOG]
         if not again:
             return [1] * len(entries)
         last = dict(zip(map(id, again), await self.dispatch.last_attempt(self.consumer.name, again), strict=True))
@@ -183,7 +184,7 @@ class GroupLoop:
             return await self._failed(delivery, exc, exc.delay_s, started)
         except Exception as exc:  # noqa: BLE001 - every other failure is transient by contract
             return await self._failed(delivery, exc, None, started)
-        if attempt > 1:
+        if attempt > 1 or entry.kind != LOG:  # it has an attempt history: close it
             await self.dispatch.record(self.consumer.name, entry, self._attempt(delivery, "succeeded", started))
         return True
 

@@ -23,15 +23,25 @@ for _ = 1, tonumber(ARGV[3]) do
   pos = first + nfields
   local id_key = base .. 'id:' .. ev_id
   local seen = generated ~= '1' and redis.call('GET', id_key)
-  local seen_entry, seen_source
-  if seen then seen_entry, seen_source = string.match(seen, '^(%S+) (.*)$') end
-  if seen and seen_source == source then
-    out[#out + 1] = seen_entry
+  local repeat_of, own_key
+  if seen then
+    local seen_entry, seen_source = string.match(seen, '^(%S+) (.*)$')
+    if seen_source == source then
+      repeat_of = seen_entry
+    else
+      -- Another source used this id first and keeps the lookup key; this source deduplicates on a
+      -- key of its own (Keys.source_event_id), so idempotency stays per (source, id).
+      own_key = base .. 'ids:' .. source .. ' ' .. ev_id
+      repeat_of = redis.call('GET', own_key)
+    end
+  end
+  if repeat_of then
+    out[#out + 1] = repeat_of
     out[#out + 1] = '1'
   else
     local entry_id = redis.call('XADD', stream, '*', unpack(ARGV, first, pos - 1))
-    -- On an id collision between two sources the first keeps the lookup key.
-    if not seen then redis.call('SET', id_key, entry_id .. ' ' .. source, 'PX', window) end
+    if own_key then redis.call('SET', own_key, entry_id, 'PX', window)
+    elseif not seen then redis.call('SET', id_key, entry_id .. ' ' .. source, 'PX', window) end
     redis.call('XADD', base .. 'idx:type:' .. ev_type, entry_id, '_', '')
     redis.call('XADD', base .. 'idx:src:' .. source, entry_id, '_', '')
     last = entry_id

@@ -16,7 +16,7 @@ from app.connections import connect
 from app.logs import configure_logging
 from app.service import Services
 from app.settings import Settings
-from app.web import api, health
+from app.web import api, health, operations
 from app.web.problems import EXCEPTION_HANDLERS
 
 
@@ -35,7 +35,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
                 await client.aclose()
 
     return Litestar(
-        route_handlers=[*api.ROUTES, *health.ROUTES],
+        route_handlers=[*api.ROUTES, *health.ROUTES, *operations.ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 
 from app.errors import FieldProblem, InvalidEvent
-from app.events import parse_batch, parse_request
+from app.events import parse_batch, parse_request, parse_time
 from app.service import Services
 from app.store import Query
 
@@ -35,7 +35,8 @@ async def ingest_one(request: AnyRequest) -> Response[bytes]:
     appended = await svc.ingest(events, source, request.headers)
     if is_batch:
         return _json({"events": appended}, 202)
-    return _json(appended[0], 202, {"Location": f"/v1/events/{appended[0].id}"})
+    # Event ids are any string: encode it, a raw non-Latin-1 id cannot go in a header at all.
+    return _json(appended[0], 202, {"Location": f"/v1/events/{quote(appended[0].id, safe='')}"})
 
 
 @post("/v1/events/batch", status_code=202, summary="Ingest a batch of events, all or none")
@@ -82,19 +83,12 @@ async def get_event(request: AnyRequest, ident: FromPath[str]) -> Response[bytes
 
 
 def _time_ms(value: str | None, name: str, problems: list[FieldProblem]) -> int | None:
-    """RFC 3339 or milliseconds since the epoch."""
-    if value is None or value == "":
-        return None
-    if value.isdigit():
-        return int(value)
+    """RFC 3339 or milliseconds since the epoch; a bad value is added to `problems`."""
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        problems.append(FieldProblem(f"/{name}", "an RFC 3339 time or milliseconds since the epoch"))
+        return parse_time(value, name)
+    except InvalidEvent as exc:
+        problems.extend(exc.problems)
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 ROUTES = [ingest_one, ingest_batch, list_events, get_event]

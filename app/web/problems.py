@@ -29,6 +29,8 @@ def problem(request: Request[Any, Any, Any], status: int, title: str, detail: st
     headers = {}
     if "retry_after" in extra:
         headers["Retry-After"] = str(extra["retry_after"])
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="eventflow"'  # RFC 9110: a 401 must name its scheme
     return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -1,0 +1,189 @@
+"""Dead letters and replays: list, inspect, replay (to the failed group only) and discard; replay a
+time range of the log (or of dead letters) to one group."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from app.errors import FieldProblem, InvalidEvent, NotFound
+from app.events import Record
+from app.keys import Keys
+from app.scripts import Scripts
+from app.settings import Settings
+
+_SCAN_CHUNK = 500
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A delivery that failed for good in one group, with the original event."""
+
+    id: str  # "<partition>:<dead-letter entry id>"
+    partition: int
+    group: str
+    reason: str  # permanent | max-attempts | invalid
+    attempts: int
+    error: str
+    dead_at_ms: int
+    entry_id: str  # the event's entry in the log
+    event: dict[str, Any]
+
+
+class Filter(msgspec.Struct, kw_only=True, omit_defaults=True):
+    group: str | None = None
+    type: str | None = None
+    source: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, dl: DeadLetter) -> bool:
+        ev = dl.event
+        return (
+            (self.group is None or dl.group == self.group)
+            and (self.type is None or ev.get("type") == self.type)
+            and (self.source is None or ev.get("source") == self.source)
+        )
+
+
+class DeadLetters:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.scripts = Scripts(redis)
+
+    async def list(self, flt: Filter, limit: int = 100) -> list[DeadLetter]:
+        """Newest first, across partitions, filtered (dead letters are few: a bounded scan)."""
+        found: list[DeadLetter] = []
+        for p in range(self.keys.partitions):
+            found += [dl async for dl in self._scan(p, flt, limit)]
+        found.sort(key=lambda d: (d.dead_at_ms, d.id), reverse=True)
+        return found[:limit]
+
+    async def count(self) -> dict[str, int]:
+        """Dead letters per group."""
+        out: dict[str, int] = {}
+        for p in range(self.keys.partitions):
+            async for dl in self._scan(p, Filter(), None):
+                out[dl.group] = out.get(dl.group, 0) + 1
+        return out
+
+    async def _scan(self, partition: int, flt: Filter, limit: int | None) -> Any:
+        key = self.keys.dead_letters(partition)
+        hi = f"({flt.until_ms}-0" if flt.until_ms is not None else "+"
+        lo = f"{flt.since_ms}-0" if flt.since_ms is not None else "-"
+        yielded = 0
+        while True:
+            chunk = await self.redis.xrevrange(key, hi, lo, count=_SCAN_CHUNK)
+            for entry_id, fields in chunk:
+                dl = _dead_letter(partition, entry_id.decode(), fields)
+                if flt.matches(dl):
+                    yield dl
+                    yielded += 1
+                    if limit is not None and yielded >= limit:
+                        return
+            if len(chunk) < _SCAN_CHUNK:
+                return
+            hi = "(" + chunk[-1][0].decode()
+
+    async def get(self, ident: str) -> DeadLetter:
+        partition, entry_id = _split(ident)
+        got = await self.redis.xrange(self.keys.dead_letters(partition), entry_id, entry_id)
+        if not got:
+            raise NotFound(f"no dead letter {ident!r}")
+        return _dead_letter(partition, entry_id, got[0][1])
+
+    async def replay(self, ids: list[str]) -> int:
+        """Send dead letters back to the group they failed in (and only that group)."""
+        total = 0
+        for partition, entry_ids in _by_partition(ids).items():
+            args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, *entry_ids]
+            total += int(await self.scripts.replay_dead([self.keys.dead_letters(partition)], args))
+        return total
+
+    async def discard(self, ids: list[str]) -> int:
+        total = 0
+        for partition, entry_ids in _by_partition(ids).items():
+            total += int(await self.redis.xdel(self.keys.dead_letters(partition), *entry_ids))
+        return total
+
+    async def matching_ids(self, flt: Filter) -> list[str]:
+        out: list[str] = []
+        for p in range(self.keys.partitions):
+            out += [dl.id async for dl in self._scan(p, flt, None)]
+        return out
+
+    async def replay_history(
+        self, group: str, since_ms: int, until_ms: int | None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Queue a time range of the log for redelivery to one group; returns how many were queued."""
+        if not await self._group_exists(group):
+            raise NotFound(f"no consumer group {group!r} on the log")
+        queued = 0
+        for p in range(self.keys.partitions):
+            lo = f"{since_ms}-0"
+            hi = f"({until_ms}-0" if until_ms is not None else "+"
+            while True:
+                chunk = await self.redis.xrange(self.keys.stream(p), lo, hi, count=_SCAN_CHUNK)
+                if not chunk:
+                    break
+                pipe = self.redis.pipeline(transaction=False)
+                for entry_id, fields in chunk:
+                    copy = {k: v for k, v in fields.items() if not k.startswith(b"_") or k in (b"_v", b"_x")}
+                    copy.update({b"_entry": entry_id, b"_replay": b"history"})
+                    pipe.xadd(self.keys.replay(p, group), copy)
+                await pipe.execute()
+                queued += len(chunk)
+                if progress is not None:
+                    progress(queued)
+                if len(chunk) < _SCAN_CHUNK:
+                    break
+                lo = "(" + chunk[-1][0].decode()
+        return queued
+
+    async def _group_exists(self, group: str) -> bool:
+        for p in range(self.keys.partitions):
+            if await self.redis.exists(self.keys.stream(p)):
+                groups = await self.redis.xinfo_groups(self.keys.stream(p))
+                if any(_s(g["name"]) == group for g in groups):
+                    return True
+        return False
+
+
+def _dead_letter(partition: int, entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
+    original = fields.get(b"_entry", b"").decode()
+    record = Record.from_entry(original, partition, fields)
+    return DeadLetter(
+        id=f"{partition}:{entry_id}", partition=partition, group=fields.get(b"_group", b"").decode(),
+        reason=fields.get(b"_reason", b"").decode(), attempts=int(fields.get(b"_attempts", b"0") or 0),
+        error=fields.get(b"_error", b"").decode(errors="replace"),
+        dead_at_ms=int(fields.get(b"_dead_ms", b"0") or 0), entry_id=original, event=record.event,
+    )
+
+
+def _split(ident: str) -> tuple[int, str]:
+    partition, sep, entry_id = ident.rpartition(":")
+    try:
+        return (int(partition) if sep else 0), entry_id
+    except ValueError:
+        raise InvalidEvent([FieldProblem("/id", "a dead-letter id looks like <partition>:<entry id>")]) from None
+
+
+def _by_partition(ids: list[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for ident in ids:
+        partition, entry_id = _split(ident)
+        out.setdefault(partition, []).append(entry_id)
+    return out
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

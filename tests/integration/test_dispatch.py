@@ -1,0 +1,244 @@
+"""The dispatcher against the real server: retries with backoff, dead letters, replay, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from app.deadletters import Filter
+from app.events import parse_request
+from app.keys import Keys
+from app.service import Services
+from app.settings import Settings
+from consumers.base import Backoff, Consumer, Delivery, Permanent, Retry
+from consumers.runner import Runner
+
+Handler = Callable[[Delivery], Awaitable[Any]]
+
+
+async def post(services: Services, body: bytes, source: str = "billing") -> str:
+    events, _ = parse_request(body, "application/json", {})
+    return (await services.ingest(events, source, {}))[0].entry_id
+
+
+@pytest.fixture
+async def run_consumers(redis: Redis, settings: Settings) -> AsyncIterator[Callable[..., Runner]]:
+    runners: list[tuple[Runner, asyncio.Task[None]]] = []
+
+    def start(*consumers: Consumer, name: str = "w1") -> Runner:
+        runner = Runner(list(consumers), redis, settings, name)
+        runners.append((runner, asyncio.create_task(runner.run())))
+        return runner
+
+    yield start
+    for runner, task in runners:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_poison_event_is_dead_lettered_after_max_attempts_on_the_backoff_schedule(
+    services: Services, run_consumers: Callable[..., Runner]
+) -> None:
+    starts: list[float] = []
+
+    async def always_fails(delivery: Delivery) -> None:
+        starts.append(time.monotonic())
+        raise ValueError("boom")
+
+    backoff = Backoff(base_s=0.2, factor=2.0, cap_s=5.0, jitter=0.0)
+    run_consumers(Consumer("poison", always_fails, max_attempts=4, backoff=backoff))
+    entry_id = await post(services, b'{"type":"order.created","data":1}')
+
+    async def dead() -> bool:
+        return bool(await services.dead_letters.list(Filter(group="poison")))
+
+    await wait_for(dead)
+    assert len(starts) == 4
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    for gap, expected in zip(gaps, [0.2, 0.4, 0.8], strict=True):
+        assert expected - 0.01 <= gap <= expected + 0.12, gaps
+    [letter] = await services.dead_letters.list(Filter(group="poison"))
+    assert letter.reason == "max-attempts"
+    assert letter.attempts == 4
+    assert letter.error == "ValueError: boom"
+    assert letter.entry_id == entry_id
+    assert letter.event["data"] == 1 or bytes(letter.event["data"]) == b"1"
+
+
+async def test_permanent_error_dead_letters_at_once_and_retry_honours_its_delay(
+    services: Services, run_consumers: Callable[..., Runner]
+) -> None:
+    seen: dict[str, list[float]] = {}
+
+    async def handler(delivery: Delivery) -> None:
+        seen.setdefault(delivery.data, []).append(time.monotonic())
+        if delivery.data == "perm":
+            raise Permanent("cannot ever work")
+        if delivery.data == "later" and delivery.attempt == 1:
+            raise Retry(delay_s=0.5)
+
+    run_consumers(Consumer("outcomes", handler, backoff=Backoff(base_s=0.05, jitter=0)))
+    await post(services, b'{"type":"t","data":"perm"}')
+    await post(services, b'{"type":"t","data":"later"}')
+
+    async def done() -> bool:
+        return len(seen.get("later", [])) == 2 and bool(await services.dead_letters.list(Filter()))
+
+    await wait_for(done)
+    assert len(seen["perm"]) == 1
+    later = seen["later"]
+    assert 0.49 <= later[1] - later[0] <= 0.65
+    [letter] = await services.dead_letters.list(Filter())
+    assert (letter.reason, letter.attempts) == ("permanent", 1)
+
+
+async def test_types_filter_skips_other_events_without_calling_the_handler(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    got: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery.type)
+
+    run_consumers(Consumer("orders", handler, types=("order.*", "refund.issued")))
+    for t in ("order.created", "user.signup", "refund.issued", "refund.denied", "order.paid"):
+        await post(services, f'{{"type":"{t}"}}'.encode())
+
+    async def drained() -> bool:
+        info = await redis.xinfo_groups(Keys(settings.prefix).stream(0))
+        return info[0]["pending"] == 0 and info[0]["lag"] == 0
+
+    await wait_for(drained)
+    assert got == ["order.created", "refund.issued", "order.paid"]
+
+
+async def test_replay_from_dead_letters_goes_to_the_failed_group_only(
+    services: Services, run_consumers: Callable[..., Runner]
+) -> None:
+    calls: dict[str, int] = {"flaky": 0, "steady": 0}
+    broken = {"flaky": True}
+
+    async def flaky(delivery: Delivery) -> None:
+        calls["flaky"] += 1
+        if broken["flaky"]:
+            raise Permanent("downstream is down")
+
+    async def steady(delivery: Delivery) -> None:
+        calls["steady"] += 1
+
+    run_consumers(Consumer("flaky", flaky), Consumer("steady", steady))
+    entry_id = await post(services, b'{"type":"t","id":"e-1"}')
+
+    async def dead() -> bool:
+        return bool(await services.dead_letters.list(Filter(group="flaky"))) and calls["steady"] == 1
+
+    await wait_for(dead)
+    detail = await services.get_event("e-1", None)
+    states = {d.group: d.state for d in detail.deliveries}
+    assert states == {"flaky": "dead-lettered", "steady": "succeeded"}
+
+    broken["flaky"] = False
+    [letter] = await services.dead_letters.list(Filter(group="flaky"))
+    assert await services.dead_letters.replay([letter.id]) == 1
+
+    async def replayed() -> bool:
+        return calls["flaky"] == 2
+
+    await wait_for(replayed)
+    await asyncio.sleep(0.3)  # give a wrong delivery to "steady" time to happen
+    assert calls == {"flaky": 2, "steady": 1}
+    assert await services.dead_letters.list(Filter()) == []
+    detail = await services.get_event(entry_id, None)
+    flaky_state = next(d for d in detail.deliveries if d.group == "flaky")
+    assert flaky_state.state == "succeeded"
+    assert [a.outcome for a in flaky_state.attempts] == ["dead-lettered", "replayed", "succeeded"]
+
+
+async def test_history_replay_redelivers_a_time_range_to_one_group(
+    services: Services, run_consumers: Callable[..., Runner]
+) -> None:
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def recorder(group: str) -> Handler:
+        async def handle(delivery: Delivery) -> None:
+            seen[group].append(delivery.entry_id)
+        return handle
+
+    run_consumers(Consumer("a", recorder("a")), Consumer("b", recorder("b")))
+    ids = [await post(services, b'{"type":"t"}') for _ in range(5)]
+
+    async def both() -> bool:
+        return len(seen["a"]) == 5 and len(seen["b"]) == 5
+
+    await wait_for(both)
+    since = int(ids[1].split("-")[0])
+    until = int(ids[3].split("-")[0]) + 1
+    queued = await services.dead_letters.replay_history("a", since, until)
+    assert queued == 3
+
+    async def again() -> bool:
+        return len(seen["a"]) == 8
+
+    await wait_for(again)
+    await asyncio.sleep(0.2)
+    assert seen["a"][5:] == ids[1:4]
+    assert len(seen["b"]) == 5
+
+
+async def test_invalid_direct_entry_is_dead_lettered_at_once_and_does_not_block_the_group(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    got: list[Any] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery.data)
+
+    run_consumers(Consumer("direct", handler))
+    stream = Keys(settings.prefix).stream(0)
+    await redis.xadd(stream, {"type": "x", "source": "ext", "data": "{not json"})
+    await redis.xadd(stream, {"type": "x", "source": "ext", "data": '{"ok": true}'})
+
+    async def done() -> bool:
+        return got == [{"ok": True}] and bool(await services.dead_letters.list(Filter()))
+
+    await wait_for(done)
+    [letter] = await services.dead_letters.list(Filter())
+    assert letter.reason == "invalid"
+    assert "data is not valid JSON" in letter.error
+
+
+async def test_entries_deleted_while_pending_are_counted_lost_and_the_loop_goes_on(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    attempts: list[str] = []
+
+    async def fails_once(delivery: Delivery) -> None:
+        attempts.append(delivery.entry_id)
+        if delivery.data == "doomed":
+            raise Retry(delay_s=0.3)
+
+    runner = run_consumers(Consumer("lossy", fails_once))
+    doomed = await post(services, b'{"type":"t","data":"doomed"}')
+    await wait_for(lambda: _true(attempts == [doomed]))
+    await redis.xdel(Keys(settings.prefix).stream(0), doomed)  # trimmed while waiting for its retry
+    ok = await post(services, b'{"type":"t","data":"fine"}')
+    await wait_for(lambda: _true(ok in attempts and sum(loop.lost for loop in runner.loops) == 1))
+    assert attempts.count(doomed) == 1
+
+
+async def _true(value: bool) -> bool:
+    return value

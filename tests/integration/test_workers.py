@@ -1,0 +1,134 @@
+"""Worker processes sharing consumer groups: exactly-once without failures, nothing lost on SIGKILL
+or SIGTERM (at-least-once: a killed worker's entries are taken over after the lease)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.events import parse_batch
+from app.keys import Keys
+from app.service import Services
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Workers:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        full = {**os.environ, "REDIS_URL": self.settings.redis_url or "", "EVENTFLOW_PREFIX": self.settings.prefix,
+                "EVENTFLOW_CONSUMER_ID": name, "EVENTFLOW_SHUTDOWN_GRACE_S": "10", **env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "consume", "--module", "tests.integration.sample_consumers"],
+            cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def workers(settings: Settings) -> Iterator[Workers]:
+    w = Workers(settings)
+    yield w
+    w.stop_all()
+
+
+async def post_many(services: Services, n: int) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, n, 1000):
+        count = min(1000, n - start)
+        body = b"[" + b",".join(b'{"type":"load.test","data":%d}' % i for i in range(start, start + count)) + b"]"
+        ids += [a.entry_id for a in await services.ingest(parse_batch(body, "application/json"), "billing", {})]
+    return ids
+
+
+async def seen_counts(redis: Redis, settings: Settings) -> dict[str, int]:
+    raw = await redis.hgetall(f"{settings.prefix}:test:seen")
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def wait_all_seen(redis: Redis, settings: Settings, ids: list[str], timeout_s: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = await seen_counts(redis, settings)
+        if all(i in seen for i in ids):
+            return seen
+        await asyncio.sleep(0.1)
+    seen = await seen_counts(redis, settings)
+    raise AssertionError(f"{sum(1 for i in ids if i not in seen)} of {len(ids)} events never processed")
+
+
+async def group_pending(redis: Redis, settings: Settings) -> int:
+    info = await redis.xinfo_groups(Keys(settings.prefix).stream(0))
+    return sum(int(g["pending"]) for g in info)
+
+
+async def test_three_workers_process_10000_events_each_exactly_once(
+    services: Services, redis: Redis, settings: Settings, workers: Workers
+) -> None:
+    for name in ("w1", "w2", "w3"):
+        workers.start(name)
+    ids = await post_many(services, 10_000)
+    seen = await wait_all_seen(redis, settings, ids, timeout_s=60)
+    assert len(seen) == 10_000
+    assert set(seen.values()) == {1}, "some event was processed twice although nothing failed"
+    consumers = await redis.xinfo_consumers(Keys(settings.prefix).stream(0), "counter")
+    assert {c["name"].decode() for c in consumers} == {"w1", "w2", "w3"}
+    assert all(int(c["pending"]) == 0 for c in consumers)
+
+
+async def test_a_worker_killed_mid_batch_leaves_no_event_unprocessed(
+    services: Services, redis: Redis, settings: Settings, workers: Workers
+) -> None:
+    slow = {"SAMPLE_SLEEP_S": "0.05", "SAMPLE_LEASE_S": "2", "SAMPLE_CONCURRENCY": "4", "SAMPLE_BATCH": "20"}
+    victim = workers.start("victim", **slow)
+    workers.start("survivor", **slow)
+    ids = await post_many(services, 400)
+    await asyncio.sleep(1.0)  # both are mid-batch now
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    seen = await wait_all_seen(redis, settings, ids, timeout_s=60)
+    assert all(seen[i] >= 1 for i in ids)
+    deadline = time.monotonic() + 10
+    while await group_pending(redis, settings) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert await group_pending(redis, settings) == 0, "entries stayed pending after the takeover"
+
+
+async def test_graceful_shutdown_finishes_in_flight_work_and_loses_nothing(
+    services: Services, redis: Redis, settings: Settings, workers: Workers
+) -> None:
+    slow = {"SAMPLE_SLEEP_S": "0.02", "SAMPLE_CONCURRENCY": "4", "SAMPLE_BATCH": "20"}
+    first = workers.start("g1", **slow)
+    ids = await post_many(services, 300)
+    await asyncio.sleep(0.8)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    partial = await seen_counts(redis, settings)
+    assert 0 < len(partial) < len(ids)
+    assert set(partial.values()) == {1}
+    # What it had not started stays in the log for the group; its own pending list is empty.
+    consumers = await redis.xinfo_consumers(Keys(settings.prefix).stream(0), "counter")
+    assert [int(c["pending"]) for c in consumers] == [0]
+    workers.start("g1", **slow)
+    seen = await wait_all_seen(redis, settings, ids, timeout_s=60)
+    assert set(seen.values()) == {1}
