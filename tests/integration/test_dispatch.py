@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -242,3 +243,57 @@ async def test_entries_deleted_while_pending_are_counted_lost_and_the_loop_goes_
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_handler_longer_than_the_lease_keeps_its_entry(
+    services: Services, run_consumers: Callable[..., Runner]
+) -> None:
+    runs: list[str] = []
+
+    async def slow(delivery: Delivery) -> None:
+        runs.append(delivery.entry_id)
+        await asyncio.sleep(2.0)
+
+    slow_consumer = Consumer("slow", slow, lease_s=0.6, concurrency=1)
+    run_consumers(slow_consumer, name="w1")
+    await post(services, b'{"type":"t"}')
+    await wait_for(lambda: _true(len(runs) == 1))
+    run_consumers(slow_consumer, name="w2")  # would take it over after 0.6 s without renewal
+    await asyncio.sleep(2.5)
+    assert len(runs) == 1
+
+
+async def test_the_runner_waits_out_a_redis_outage_and_logs_it_once(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.connections import connect
+    from app.embedded import EmbeddedServer
+
+    caplog.set_level(logging.INFO, logger="eventflow")
+    server = EmbeddedServer(tmp_path / "outage").start()
+    settings = Settings(redis_url=server.url, prefix="outage", redis_timeout_s=0.5)
+    redis = connect(settings)
+    got: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery.entry_id)
+
+    runner = Runner([Consumer("o", handler)], redis, settings, "w1")
+    task = asyncio.create_task(runner.run())
+    try:
+        services = Services(redis, settings)
+        first = await post(services, b'{"type":"t"}')
+        await wait_for(lambda: _true(got == [first]))
+        server.stop()
+        await asyncio.sleep(2.0)
+        server.start()
+        second = await post(services, b'{"type":"t"}')
+        await wait_for(lambda: _true(got == [first, second]), timeout_s=15)
+        outages = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+        assert len(outages) == 1, [r.getMessage() for r in outages]
+        assert any("Redis is back" in r.getMessage() for r in caplog.records)
+    finally:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
+        server.stop()
