@@ -123,7 +123,7 @@ Post an event:
     -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
     -d '{{"type": "order.created", "data": {{"order": 42, "amount": 9.5}}}}'
 Read it back:
-  curl -sS '{url}/v1/events?limit=5'
+  curl -sS '{url}/v1/events?limit=5' -H 'Authorization: Bearer {key}'
 
 Press Ctrl-C to stop.
 """, flush=True)
