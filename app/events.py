@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import msgspec
 
 from app.errors import FieldProblem, InvalidEvent, MalformedBody, UnsupportedMediaType
-from app.ids import new_traceparent, uuid7, valid_traceparent
+from app.ids import new_traceparent, valid_traceparent
 
 SPECVERSION = "1.0"
 FORMAT_VERSION = b"1"
@@ -298,12 +298,14 @@ def now_rfc3339() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> tuple[str, list[bytes | str]]:
-    """Fill in id, time, source and traceparent; return (event id, flat XADD field list)."""
-    event_id = event.id or uuid7()
-    fields: list[bytes | str] = [
-        "_v", FORMAT_VERSION,
-        "id", event_id,
+def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> list[bytes | str]:
+    """Fill in time, source and traceparent; return the flat XADD field list.
+
+    An event without an id gets one from the append script (a UUIDv7 that encodes its entry id)."""
+    fields: list[bytes | str] = ["_v", FORMAT_VERSION]
+    if event.id is not None:
+        fields += ("id", event.id)
+    fields += [
         "type", event.type,
         "source", source,
         "time", event.time or now,
@@ -319,7 +321,7 @@ def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> t
         fields += ("data_base64", event.data_base64)
     if event.extensions:
         fields += ("_x", _json.encode(event.extensions))
-    return event_id, fields
+    return fields
 
 
 class Record(msgspec.Struct, kw_only=True):

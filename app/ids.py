@@ -10,6 +10,22 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
+def made_entry(event_id: str) -> tuple[int, str] | None:
+    """(partition, entry id) encoded in an event id that the append script made, if it is one.
+
+    Layout (see app/lua/append.lua): ms (48 bits) | 7 | seq low 12 bits | 10 + seq high 14 bits |
+    partition (16 bits) | salt (32 bits). The caller must check the entry's id field: a producer's
+    own UUIDv7 decodes too, to an entry that does not carry it."""
+    if len(event_id) != 36 or event_id[14] != "7":
+        return None
+    try:
+        h = event_id.replace("-", "")
+        ms, seq_lo, seq_hi = int(h[:12], 16), int(h[13:16], 16), int(h[16:20], 16) & 0x3FFF
+        return int(h[20:24], 16), f"{ms}-{(seq_hi << 12) | seq_lo}"
+    except ValueError:
+        return None
+
+
 def uuid7() -> str:
     """A time-ordered UUID (RFC 9562 version 7) as a string."""
     ms = time.time_ns() // 1_000_000

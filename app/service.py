@@ -103,12 +103,12 @@ class Services:
         keys = self.log.keys
         items = []
         for event in events:
-            event_id, fields = enrich(event, source, traceparent, now)
+            fields = enrich(event, source, traceparent, now)
             partition_key = event.extensions.get("partitionkey")
             if partition_key is None:
                 partition_key = f"{source}\n{event.subject or ''}"
             partition = keys.partition_of(str(partition_key))
-            items.append(Prepared(partition, event_id, source, event.type, event.id is None, fields))
+            items.append(Prepared(partition, event.id or "", source, event.type, fields))
         if not self._server_checked:
             try:
                 await self.ensure_server_checked()

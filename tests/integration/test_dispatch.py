@@ -180,7 +180,10 @@ async def test_history_replay_redelivers_a_time_range_to_one_group(
         return handle
 
     run_consumers(Consumer("a", recorder("a")), Consumer("b", recorder("b")))
-    ids = [await post(services, b'{"type":"t"}') for _ in range(5)]
+    ids = []
+    for _ in range(5):
+        ids.append(await post(services, b'{"type":"t"}'))
+        await asyncio.sleep(0.003)  # one event per millisecond: the range is given in ms
 
     async def both() -> bool:
         return len(seen["a"]) == 5 and len(seen["b"]) == 5

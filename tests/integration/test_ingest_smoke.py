@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar.testing import AsyncTestClient
 
 JSON = {"Content-Type": "application/json"}
@@ -22,3 +24,27 @@ async def test_posted_event_is_enriched_and_readable(client: AsyncTestClient, au
     assert event["time"].endswith("Z")
     assert event["traceparent"].startswith("00-")
     assert got.json()["entry_id"] == body["entry_id"]
+
+
+async def test_a_made_event_id_is_a_uuid7_that_finds_its_entry_without_a_lookup_key(
+    client: AsyncTestClient, auth: dict[str, str], redis: Any, settings: Any  # type: ignore[type-arg]
+) -> None:
+    import uuid
+
+    from app.ids import made_entry
+    from app.keys import Keys
+
+    posted = [
+        (await client.post("/v1/events", content=b'{"type":"t"}', headers={**auth, **JSON})).json()
+        for _ in range(20)
+    ]
+    for body in posted:
+        assert uuid.UUID(body["id"]).version == 7
+        assert made_entry(body["id"]) == (0, body["entry_id"])
+        assert not await redis.exists(Keys(settings.prefix).event_id(0, body["id"]))
+        got = await client.get(f"/v1/events/{body['id']}", headers=auth)
+        assert got.json()["entry_id"] == body["entry_id"]
+    assert len({b["id"] for b in posted}) == 20
+    # A producer's own UUIDv7 that happens to decode to an entry is not mistaken for it.
+    own = str(uuid.UUID(posted[0]["id"]))[:-8] + "00000000"
+    assert (await client.get(f"/v1/events/{own}", headers=auth)).status_code == 404
