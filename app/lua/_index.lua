@@ -1,28 +1,60 @@
--- Shared prelude of the log scripts (prepended by app/scripts.py): keep the type and source indexes
--- and the event-id lookup keys. Index streams reuse the log's entry ids, so they stay in log order.
-local function index_entry(base, window, entry_id, fields)
-  local ev_type, source, ev_id
-  for i = 1, #fields, 2 do
-    local k = fields[i]
-    if k == 'type' then ev_type = fields[i + 1]
-    elseif k == 'source' then source = fields[i + 1]
-    elseif k == 'id' then ev_id = fields[i + 1] end
-  end
-  if ev_type then redis.call('XADD', base .. 'idx:type:' .. ev_type, entry_id, '_', '') end
-  if source then redis.call('XADD', base .. 'idx:src:' .. source, entry_id, '_', '') end
-  if ev_id then
-    redis.call('SET', base .. 'id:' .. ev_id, entry_id .. ' ' .. (source or ''), 'PX', window, 'NX')
-  end
+-- Shared prelude of the log scripts (prepended by app/scripts.py).
+--
+-- Indexes: a type index and a source index per partition, each a stream whose entries cover *runs*
+-- of consecutive log entries with that type (source): the index entry's id is the run's first entry
+-- id and its field `l` the run's last. Entries appended by one script call are contiguous in the log,
+-- so a 1000-event batch of one type costs one index entry, not 1000.
+
+-- Collects runs while a script appends, and writes one index entry per run.
+local function new_runs(base)
+  return {base = base, type_key = nil, type_first = nil, src_key = nil, src_first = nil, last = nil}
 end
 
--- Index up to `limit` entries XADDed straight into the stream since the marker.
--- Returns the new marker and whether entries still wait after it.
+local function close_type(r)
+  if r.type_key then redis.call('XADD', r.type_key, r.type_first, 'l', r.last) end
+  r.type_key = nil
+end
+
+local function close_src(r)
+  if r.src_key then redis.call('XADD', r.src_key, r.src_first, 'l', r.last) end
+  r.src_key = nil
+end
+
+local function add_to_runs(r, entry_id, ev_type, source)
+  local type_key = ev_type and (r.base .. 'idx:type:' .. ev_type)
+  local src_key = source and (r.base .. 'idx:src:' .. source)
+  if type_key ~= r.type_key then close_type(r); r.type_key, r.type_first = type_key, entry_id end
+  if src_key ~= r.src_key then close_src(r); r.src_key, r.src_first = src_key, entry_id end
+  r.last = entry_id
+end
+
+local function close_runs(r)
+  close_type(r)
+  close_src(r)
+end
+
+-- Index up to `limit` entries XADDed straight into the stream since the marker (and keep their
+-- event-id lookup keys). Returns the new marker and whether entries still wait after it.
 local function catch_up(stream, marker, base, window, limit)
   local last = redis.call('GET', marker) or '0-0'
   local tip = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
   if not tip or tip[1] == last then return last, false end
   local entries = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', limit)
-  for _, entry in ipairs(entries) do index_entry(base, window, entry[1], entry[2]) end
+  local runs = new_runs(base)
+  for _, entry in ipairs(entries) do
+    local fields, ev_type, source, ev_id = entry[2], nil, nil, nil
+    for i = 1, #fields, 2 do
+      local k = fields[i]
+      if k == 'type' then ev_type = fields[i + 1]
+      elseif k == 'source' then source = fields[i + 1]
+      elseif k == 'id' then ev_id = fields[i + 1] end
+    end
+    add_to_runs(runs, entry[1], ev_type, source)
+    if ev_id then
+      redis.call('SET', base .. 'id:' .. ev_id, entry[1] .. ' ' .. (source or ''), 'PX', window, 'NX')
+    end
+  end
+  close_runs(runs)
   if #entries > 0 then
     last = entries[#entries][1]
     redis.call('SET', marker, last)

@@ -28,9 +28,13 @@ local function next_entry_id()
   return last_ms .. '-' .. last_seq
 end
 
+local tail = string.format('%04x%08x', partition, salt)
+local head_ms, head = -1, ''
 local function uuid_of(ms, seq)
-  return string.format('%08x-%04x-7%03x-%04x-%04x%08x', math.floor(ms / 65536), ms % 65536,
-    seq % 4096, 32768 + math.floor(seq / 4096) % 16384, partition, salt)
+  if ms ~= head_ms then
+    head_ms, head = ms, string.format('%08x-%04x-7', math.floor(ms / 65536), ms % 65536)
+  end
+  return head .. string.format('%03x-%04x-', seq % 4096, 32768 + math.floor(seq / 4096) % 16384) .. tail
 end
 
 local function append(entry_id, extra_id, first, stop)
@@ -40,6 +44,7 @@ local function append(entry_id, extra_id, first, stop)
   return redis.pcall('XADD', stream, entry_id, unpack(ARGV, first, stop))
 end
 
+local runs = new_runs(base)
 local out = {}
 local pos = 6
 for _ = 1, tonumber(ARGV[3]) do
@@ -84,13 +89,13 @@ for _ = 1, tonumber(ARGV[3]) do
     end
     if own_key then redis.call('SET', own_key, entry_id, 'PX', window)
     elseif id_key and not seen then redis.call('SET', id_key, entry_id .. ' ' .. source, 'PX', window) end
-    redis.call('XADD', base .. 'idx:type:' .. ev_type, entry_id, '_', '')
-    redis.call('XADD', base .. 'idx:src:' .. source, entry_id, '_', '')
+    add_to_runs(runs, entry_id, ev_type, source)
     last = entry_id
     out[#out + 1] = entry_id
     out[#out + 1] = made or ev_id
     out[#out + 1] = '0'
   end
 end
+close_runs(runs)
 redis.call('SET', marker, last)
 return out
