@@ -1,0 +1,247 @@
+"""The live feed: one Redis reader per web process fans new log entries out to every subscriber.
+
+The reader task blocks on XREAD over all partitions' streams and hands each entry to the
+subscribers, each of which has a bounded queue: a slow subscriber loses its oldest messages and
+never holds up the reader or the others. A subscriber knows its position in every partition (its
+cursor, sent to the browser as the SSE id), so whenever it lost messages (queue overflow, or a
+browser reconnecting with Last-Event-ID) it reads the gap back from the log itself, up to
+`catch_up_max` entries per partition; beyond that it tells its browser to start over (`Reset`).
+With no subscribers the reader sleeps, so a web process nobody watches does not read the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from functools import cached_property
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.connections import is_unavailable
+from app.errors import Unavailable
+from app.events import Record
+from app.ids import is_entry_id
+from app.keys import Keys
+from app.metrics import default_metrics
+from app.settings import Settings
+
+log = logging.getLogger("eventflow.live")
+
+Match = Callable[[Record], bool]
+Render = Callable[[Record], str]
+
+
+class Message:
+    """One log entry on its way to subscribers; `data` is rendered once, on first use."""
+
+    __slots__ = ("__dict__", "entry_id", "partition", "record")
+
+    def __init__(self, partition: int, entry_id: str, fields: dict[bytes, bytes], render: Render) -> None:
+        self.partition = partition
+        self.entry_id = entry_id
+        self.record = Record.from_entry(entry_id, partition, fields)
+        self._render = render
+
+    @cached_property
+    def data(self) -> str:
+        return self._render(self.record)
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (*_id_key(self.entry_id), self.partition)
+
+
+class Reset(Exception):
+    """The subscriber fell too far behind to catch up from the log: its view must start over."""
+
+
+class Subscriber:
+    """One browser's view of the feed: a bounded queue and a position in every partition."""
+
+    def __init__(self, hub: LiveHub, positions: list[str], match: Match, queue_size: int) -> None:
+        self.hub = hub
+        self.positions = positions
+        self.match = match
+        self.queue: deque[Message] = deque(maxlen=queue_size)
+        self.behind = False  # messages were lost: read the gap from the log before going on
+        self.dropped = 0
+        self._wakeup = asyncio.Event()
+
+    @property
+    def cursor(self) -> str:
+        """The SSE id: the last entry id accounted for in each partition, comma-separated."""
+        return ",".join(self.positions)
+
+    def push(self, message: Message) -> None:
+        if not self.match(message.record):
+            return
+        if len(self.queue) == self.queue.maxlen:
+            self.behind = True
+            self.dropped += 1
+        self.queue.append(message)
+        self._wakeup.set()
+
+    async def next(self, timeout_s: float) -> list[Message]:
+        """The messages after this subscriber's position, oldest first ([] after `timeout_s`).
+
+        Raises Reset when the gap to fill is longer than the hub's catch-up limit."""
+        if not self.behind and not self.queue:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+        if self.behind:
+            return await self._catch_up()
+        fresh = [m for m in self.queue if m.key > self._key(m.partition)]
+        self.queue.clear()
+        # Everything the reader has seen was either queued (just taken) or did not match: the
+        # position moves to the reader's, so the cursor advances past filtered-out entries too.
+        self.positions = list(self.hub.positions)
+        return fresh
+
+    async def _catch_up(self) -> list[Message]:
+        target = list(self.hub.positions)
+        self.queue.clear()
+        self.behind = False
+        try:
+            found = await self.hub.read_range(self.positions, target)
+        except Reset:
+            self.positions = target
+            raise
+        self.positions = target
+        return sorted((m for m in found if self.match(m.record)), key=lambda m: m.key)
+
+    def _key(self, partition: int) -> tuple[int, int, int]:
+        return (*_id_key(self.positions[partition]), partition)
+
+
+class LiveHub:
+    """The per-process reader and its subscribers. `start()` in the web lifespan, `stop()` after."""
+
+    def __init__(
+        self, redis: Redis, settings: Settings, *, render: Render | None = None,
+        queue_size: int = 256, catch_up_max: int = 1000, batch: int = 500,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.render: Render = render or (lambda record: record.entry_id)
+        self.queue_size = queue_size
+        self.catch_up_max = catch_up_max
+        self.batch = batch
+        # The reader blocks for at most half the socket timeout, so a quiet log is no timeout error.
+        self.block_ms = max(50, int(settings.redis_timeout_s * 500))
+        self.positions: list[str] = ["0-0"] * self.keys.partitions
+        self.subscribers: set[Subscriber] = set()
+        self._joining = 0
+        self._wanted = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._streams = {self.keys.stream(p): p for p in range(self.keys.partitions)}
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="eventflow-live-reader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, match: Match, cursor: str | None = None) -> AsyncIterator[Subscriber]:
+        """A subscriber from now on, or from `cursor` (a previous SSE id) when it is valid."""
+        resume = self.parse_cursor(cursor)
+        self._joining += 1
+        self._wanted.set()
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.settings.redis_timeout_s * 2)
+        except TimeoutError:
+            raise Unavailable("the live feed cannot reach the event store", self.settings.retry_after_s) from None
+        finally:
+            self._joining -= 1
+        sub = Subscriber(self, resume or list(self.positions), match, self.queue_size)
+        sub.behind = resume is not None
+        self.subscribers.add(sub)
+        clients = default_metrics().sse_clients
+        clients.inc()
+        try:
+            yield sub
+        finally:
+            self.subscribers.discard(sub)
+            clients.dec()
+
+    def parse_cursor(self, cursor: str | None) -> list[str] | None:
+        parts = (cursor or "").split(",")
+        if len(parts) != self.keys.partitions or not all(is_entry_id(p) for p in parts):
+            return None
+        return parts
+
+    async def read_range(self, since: list[str], until: list[str]) -> list[Message]:
+        """Entries after `since` up to and including `until`, per partition; Reset when too many."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.keys.partitions):
+            pipe.xrange(self.keys.stream(p), "(" + since[p], until[p], count=self.catch_up_max + 1)
+        out: list[Message] = []
+        for p, entries in enumerate(await pipe.execute()):
+            if len(entries) > self.catch_up_max:
+                raise Reset(f"more than {self.catch_up_max} entries behind in partition {p}")
+            out += [Message(p, _s(e), f, self.render) for e, f in entries if _id_key(_s(e)) > _id_key(since[p])]
+        return out
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            await self._wanted.wait()
+            try:
+                if not self._ready.is_set():
+                    self.positions = await self._tails()
+                    self._ready.set()
+                await self._read_once()
+                if failing:
+                    log.info("live feed: Redis is back")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:  # log an outage once, not once per second
+                    outage = is_unavailable(exc)
+                    log.log(logging.WARNING if outage else logging.ERROR,
+                            "live feed: reading the log failed (%s); retrying", exc, exc_info=not outage)
+                failing = True
+                await asyncio.sleep(1.0)
+            if not self.subscribers and not self._joining:
+                # Nobody watches: sleep, and start again from the log's tail when someone does.
+                self._wanted.clear()
+                self._ready.clear()
+
+    async def _read_once(self) -> None:
+        streams: dict[Any, Any] = {key: self.positions[p] for key, p in self._streams.items()}
+        reply = await self.redis.xread(streams, count=self.batch, block=self.block_ms)
+        for stream, entries in reply or []:
+            p = self._streams[_s(stream)]
+            for entry_id, fields in entries:
+                message = Message(p, _s(entry_id), fields, self.render)
+                self.positions[p] = message.entry_id
+                for sub in self.subscribers:
+                    sub.push(message)
+
+    async def _tails(self) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.keys.partitions):
+            pipe.xrevrange(self.keys.stream(p), "+", "-", count=1)
+        return [_s(last[0][0]) if last else "0-0" for last in await pipe.execute()]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

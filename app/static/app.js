@@ -1,0 +1,129 @@
+/* EventFlow dashboard: live updates over server-sent events, copy buttons, confirmations.
+   Every page works without this file; it only adds liveliness. No inline script anywhere (CSP). */
+(function () {
+  "use strict";
+
+  var MAX_ROWS = 200;
+
+  function statusBadge(state) {
+    var badge = document.querySelector("[data-live-status]");
+    if (!badge) return;
+    badge.hidden = false;
+    badge.setAttribute("data-state", state);
+    badge.textContent = state === "live" ? "Live" : "Reconnecting…";
+  }
+
+  /* An EventSource that comes back after the server refused it (a 503 closes it for good). */
+  function connect(url, handlers) {
+    var delay = 1000;
+    var source = null;
+    function open() {
+      source = new EventSource(url);
+      source.onopen = function () { delay = 1000; statusBadge("live"); };
+      source.onerror = function () {
+        statusBadge("reconnecting");
+        if (source.readyState === EventSource.CLOSED) {
+          window.setTimeout(open, delay);
+          delay = Math.min(delay * 2, 30000);
+        }
+      };
+      Object.keys(handlers).forEach(function (name) { source.addEventListener(name, handlers[name]); });
+    }
+    open();
+    window.addEventListener("pagehide", function () { if (source) source.close(); });
+  }
+
+  /* Events page: new rows arrive at the top of the table. */
+  function liveFeed(tbody) {
+    connect(tbody.getAttribute("data-live-feed"), {
+      event: function (e) {
+        var message = JSON.parse(e.data);
+        if (tbody.querySelector('tr[data-entry="' + CSS.escape(message.entry_id) + '"]')) return;
+        var empty = tbody.querySelector(".empty-row");
+        if (empty) empty.remove();
+        tbody.insertAdjacentHTML("afterbegin", message.html);  // rendered and escaped by the server
+        while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);
+      },
+      reset: function () { window.location.reload(); }
+    });
+  }
+
+  /* Overview, consumers, event lifecycle: the server sends the section's new HTML when it changes. */
+  function liveSection(element) {
+    connect(element.getAttribute("data-live-replace"), {
+      update: function (e) { element.innerHTML = e.data; refreshTimes(element); }
+    });
+  }
+
+  function ago(ms) {
+    var s = Math.max(0, Math.floor((Date.now() - ms) / 1000));
+    if (s >= 86400) return Math.floor(s / 86400) + " d ago";
+    if (s >= 3600) return Math.floor(s / 3600) + " h ago";
+    if (s >= 60) return Math.floor(s / 60) + " min ago";
+    return s + " s ago";
+  }
+
+  function refreshTimes(root) {
+    (root || document).querySelectorAll("time[data-ago]").forEach(function (t) {
+      var ms = Date.parse(t.getAttribute("datetime"));
+      if (!isNaN(ms)) t.textContent = ago(ms);
+    });
+  }
+
+  function copyButtons() {
+    document.querySelectorAll("[data-copy]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var target = document.querySelector(button.getAttribute("data-copy"));
+        if (!target) return;
+        var text = "value" in target && target.value !== undefined ? target.value : target.textContent;
+        var done = function () {
+          var label = button.textContent;
+          button.textContent = "Copied";
+          button.classList.add("copied");
+          window.setTimeout(function () { button.textContent = label; button.classList.remove("copied"); }, 1500);
+        };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(text).then(done, function () { select(target); });
+        } else {
+          select(target);
+          try { if (document.execCommand("copy")) done(); } catch (err) { /* the text stays selected */ }
+        }
+      });
+    });
+  }
+
+  function select(target) {
+    if (target.select) { target.select(); return; }
+    var range = document.createRange();
+    range.selectNodeContents(target);
+    var selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+  }
+
+  function confirmations() {
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (e) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
+  }
+
+  function selectAll() {
+    document.querySelectorAll("[data-select-all]").forEach(function (box) {
+      var cls = box.getAttribute("data-select-all");
+      box.addEventListener("change", function () {
+        document.querySelectorAll("input." + cls).forEach(function (c) { c.checked = box.checked; });
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-live-feed]").forEach(liveFeed);
+    document.querySelectorAll("[data-live-replace]").forEach(liveSection);
+    copyButtons();
+    confirmations();
+    selectAll();
+    window.setInterval(refreshTimes, 10000);
+  });
+})();

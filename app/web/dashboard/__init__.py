@@ -1,0 +1,85 @@
+"""The operator dashboard: server-rendered pages under one router, one guard (session, CSRF, role)
+and HTML error pages. Live updates come from `app.web.sse`; static files from `app/static`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Response, Router
+from litestar.datastructures import CacheControlHeader
+from litestar.exceptions import HTTPException
+from litestar.static_files import create_static_files_router
+
+from app.connections import is_unavailable, unavailable
+from app.errors import EventFlowError, Unavailable
+from app.web import sse
+from app.web.dashboard import auth, manage, pages, webhooks
+from app.web.dashboard.render import STATIC, AnyRequest, page
+
+log = logging.getLogger("eventflow.web.dashboard")
+
+
+def _error_page(request: AnyRequest, status: int, title: str, detail: str,
+                headers: dict[str, str] | None = None) -> Response[Any]:
+    if request.url.path.startswith("/live/"):  # an EventSource cannot show a page
+        return Response(detail, status_code=status, media_type="text/plain", headers=headers)
+    return page(request, "error.html", status=status, headers=headers, title=title, detail=detail)
+
+
+def _login_required(request: AnyRequest, exc: auth.LoginRequired) -> Response[Any]:
+    if request.method == "GET" and not request.url.path.startswith("/live/"):
+        return auth.login_redirect(request)
+    return _error_page(request, 401, "Please log in", "Your session has ended. Log in again to continue.")
+
+
+def _csrf_refused(request: AnyRequest, exc: auth.CsrfRefused) -> Response[Any]:
+    return _error_page(request, 403, "Request refused",
+                       "This form did not come from this dashboard, or it has expired. Go back, reload the "
+                       "page and try again.")
+
+
+def _role_required(request: AnyRequest, exc: auth.RoleRequired) -> Response[Any]:
+    return _error_page(request, 403, "Admins only",
+                       "Your account can look but not change things. Ask an admin to do this for you.")
+
+
+def _domain_error(request: AnyRequest, exc: EventFlowError) -> Response[Any]:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+    return _error_page(request, exc.status, exc.title, exc.detail, headers)
+
+
+def _http_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
+    title = {404: "Not found", 405: "Not allowed", 400: "Bad request"}.get(exc.status_code, "Error")
+    return _error_page(request, exc.status_code, title, str(exc.detail))
+
+
+def _unexpected(request: AnyRequest, exc: Exception) -> Response[Any]:
+    if is_unavailable(exc):
+        return _domain_error(request, unavailable(exc, request.app.state.settings))
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error_page(request, 500, "Something went wrong", "An unexpected error occurred; it has been logged.")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    auth.LoginRequired: _login_required,
+    auth.CsrfRefused: _csrf_refused,
+    auth.RoleRequired: _role_required,
+    EventFlowError: _domain_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}
+
+# Pages link to /static/<file>?v=<content hash>, so a changed file gets a new URL.
+_CACHE = CacheControlHeader(public=True, max_age=31_536_000, immutable=True)
+
+HANDLERS = [*auth.ROUTES, *pages.ROUTES, *manage.ROUTES, *webhooks.ROUTES, *sse.ROUTES]
+
+
+def routers() -> list[Router]:
+    """The dashboard router (every route behind `auth.guard`) and the static files."""
+    dashboard = Router(path="/", route_handlers=HANDLERS, guards=[auth.guard], exception_handlers=EXCEPTION_HANDLERS,
+                       include_in_schema=False)
+    static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False,
+                                        cache_control=_CACHE)
+    return [dashboard, static]

@@ -1,0 +1,140 @@
+"""Pages that change things: producers (register, rotate, revoke) and dead letters (inspect, replay,
+discard, single or bulk with a confirmation step). Every POST here is admin-only and needs the CSRF
+token (see `auth.guard`); each one ends in a redirect with a notice, except those that show a new
+key, which is rendered once and never stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect
+
+from app.deadletters import Filter
+from app.errors import Conflict, InvalidEvent
+from app.producers import Issued
+from app.users import Role
+from app.web.api import services
+from app.web.dashboard.auth import flash
+from app.web.dashboard.render import AnyRequest, page, query_url
+
+DEAD_LETTER_PAGE = 100
+_ACTIONS = {"replay": "Replay", "discard": "Discard"}
+
+
+# -- producers ------------------------------------------------------------------------------------
+@get("/producers", include_in_schema=False)
+async def producers_page(request: AnyRequest) -> Response[str]:
+    producers = await services(request).producers.list()
+    return page(request, "producers.html", nav="producers", producers=producers)
+
+
+def _key_page(request: AnyRequest, issued: Issued, rotated: bool) -> Response[str]:
+    base = str(request.base_url).rstrip("/")
+    # The key is on this page only: never stored, never cached by the browser or a proxy.
+    return page(request, "producer_key.html", nav="producers", issued=issued, rotated=rotated, base_url=base,
+                headers={"Cache-Control": "no-store"})
+
+
+@post("/producers", include_in_schema=False, status_code=200)
+async def create_producer(request: AnyRequest) -> Response[Any]:
+    form = await request.form()
+    name, description = str(form.get("name", "")).strip(), str(form.get("description", "")).strip()
+    try:
+        issued = await services(request).producers.create(name, description[:500])
+    except (InvalidEvent, Conflict) as exc:
+        message = exc.problems[0].message if isinstance(exc, InvalidEvent) else exc.detail
+        await flash(request, f"error:Could not register “{name}”: {message}")
+        return Redirect("/producers", status_code=303)
+    return _key_page(request, issued, rotated=False)
+
+
+@post("/producers/{name:str}/rotate", include_in_schema=False, status_code=200)
+async def rotate_producer(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    return _key_page(request, await services(request).producers.rotate(name), rotated=True)
+
+
+@post("/producers/{name:str}/revoke", include_in_schema=False, status_code=303)
+async def revoke_producer(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    await services(request).producers.revoke(name)
+    await flash(request, f"Revoked producer “{name}”: its key stopped working.")
+    return Redirect("/producers", status_code=303)
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+def _filter(group: str | None, type_: str | None, source: str | None) -> Filter:
+    return Filter(group=group or None, type=type_ or None, source=source or None)
+
+
+@get("/dead-letters", include_in_schema=False)
+async def dead_letters_page(
+    request: AnyRequest, group: FromQuery[str | None] = None,
+    type: FromQuery[str | None] = None,  # noqa: A002 - the CloudEvents attribute
+    source: FromQuery[str | None] = None,
+) -> Response[str]:
+    svc = services(request)
+    flt = _filter(group, type, source)
+    letters = await svc.dead_letters.list(flt, DEAD_LETTER_PAGE)
+    groups = [g.name for g in await svc.consumer_groups()]
+    return page(request, "dead_letters.html", nav="dead-letters", letters=letters, flt=flt, groups=groups,
+                limit=DEAD_LETTER_PAGE)
+
+
+@get("/dead-letters/confirm", opt={"role": Role.ADMIN}, include_in_schema=False)
+async def confirm_dead_letters(
+    request: AnyRequest, action: FromQuery[str] = "", id: FromQuery[list[str] | None] = None,  # noqa: A002
+    which: FromQuery[str] = "selected", group: FromQuery[str | None] = None,
+    type: FromQuery[str | None] = None, source: FromQuery[str | None] = None,  # noqa: A002
+) -> Response[Any]:
+    """The confirmation step: what will happen, to how many, with one button to do it."""
+    svc = services(request)
+    flt = _filter(group, type, source)
+    back = query_url("/dead-letters", group=flt.group, type=flt.type, source=flt.source)
+    if action not in _ACTIONS:
+        await flash(request, "error:Choose replay or discard.")
+        return Redirect(back, status_code=303)
+    everything = which == "all"
+    ids = await svc.dead_letters.matching_ids(flt) if everything else list(dict.fromkeys(id or []))
+    if not ids:
+        await flash(request, "error:Select at least one dead letter first.")
+        return Redirect(back, status_code=303)
+    sample = [await svc.dead_letters.get(i) for i in ids[:10]]
+    return page(request, "dead_letters_confirm.html", nav="dead-letters", action=action, label=_ACTIONS[action],
+                ids=ids, everything=everything, flt=flt, sample=sample, back=back)
+
+
+async def _act(request: AnyRequest, action: str) -> Response[Any]:
+    svc = services(request)
+    form = await request.form()
+    flt = _filter(form.get("group"), form.get("type"), form.get("source"))
+    if form.get("which") == "all":
+        ids = await svc.dead_letters.matching_ids(flt)
+    else:
+        ids = list(dict.fromkeys(str(i) for i in form.getall("id", [])))
+    done = await (svc.dead_letters.replay(ids) if action == "replay" else svc.dead_letters.discard(ids))
+    verb = "Replayed" if action == "replay" else "Discarded"
+    skipped = f" ({len(ids) - done} were already gone)" if done < len(ids) else ""
+    what = "dead letter" if len(ids) == 1 else "dead letters"
+    await flash(request, f"{verb} {done} of {len(ids)} selected {what}{skipped}.")
+    return Redirect(query_url("/dead-letters", group=flt.group, type=flt.type, source=flt.source), status_code=303)
+
+
+@post("/dead-letters/replay", include_in_schema=False, status_code=303)
+async def replay_dead_letters(request: AnyRequest) -> Response[Any]:
+    return await _act(request, "replay")
+
+
+@post("/dead-letters/discard", include_in_schema=False, status_code=303)
+async def discard_dead_letters(request: AnyRequest) -> Response[Any]:
+    return await _act(request, "discard")
+
+
+@get("/dead-letters/{ident:str}", include_in_schema=False)
+async def dead_letter_page(request: AnyRequest, ident: FromPath[str]) -> Response[str]:
+    letter = await services(request).dead_letters.get(ident)
+    return page(request, "dead_letter.html", nav="dead-letters", letter=letter)
+
+
+ROUTES = [producers_page, create_producer, rotate_producer, revoke_producer, dead_letters_page,
+          confirm_dead_letters, replay_dead_letters, discard_dead_letters, dead_letter_page]

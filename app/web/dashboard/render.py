@@ -1,0 +1,164 @@
+"""Rendering: the Jinja environment (autoescaped), display filters, and the page and partial helpers.
+
+Pages and their live partials render from the same context-building functions, so a row that
+arrives over server-sent events looks exactly like one rendered with the page. We use a Jinja
+environment of our own rather than Litestar's `Template` response because the live feed needs
+partials as strings outside any request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+import msgspec
+from litestar import Request, Response
+from litestar.enums import MediaType
+
+from app.events import Record
+
+TEMPLATES = Path(__file__).resolve().parents[3] / "templates"
+STATIC = Path(__file__).resolve().parents[2] / "static"
+
+AnyRequest = Request[Any, Any, Any]
+
+
+def fmt_time(ms: int | None) -> str:
+    """Milliseconds since the epoch as `2026-11-26 15:31:38 UTC`."""
+    if not ms:
+        return "—"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso(ms: int | None) -> str:
+    """Machine-readable time for `<time datetime=...>`."""
+    if not ms:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ago(ms: int | None, now_ms: int | None = None) -> str:
+    """`12 s ago`, `3 min ago`, `5 h ago`, `2 d ago`."""
+    if not ms:
+        return "never"
+    delta_s = max(0, ((now_ms or time.time_ns() // 1_000_000) - ms) // 1000)
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if delta_s >= size:
+            return f"{delta_s // size} {unit} ago"
+    return f"{delta_s} s ago"
+
+
+def duration(ms: float | int | None) -> str:
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.0f} min"
+
+
+def entry_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0] or 0)
+
+
+def pretty_data(data: Any) -> str:
+    """An event's data as indented JSON text (shown escaped, inside <pre>)."""
+    if data is None:
+        return ""
+    if isinstance(data, msgspec.Raw):
+        try:
+            return msgspec.json.format(bytes(data), indent=2).decode()
+        except msgspec.DecodeError:
+            return bytes(data).decode(errors="replace")
+    if isinstance(data, str):
+        return data
+    return msgspec.json.format(msgspec.json.encode(data), indent=2).decode()
+
+
+def number(value: int | float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,}".replace(",", "\u202f")  # a narrow no-break space groups thousands
+
+
+def state_tone(state: str) -> str:
+    """The badge colour of a lifecycle or status word."""
+    return _TONES.get(state, "neutral")
+
+
+_TONES = {
+    "succeeded": "ok", "active": "ok", "enabled": "ok", "ok": "ok", "admin": "accent",
+    "pending": "info", "in-progress": "info", "replayed": "info", "viewer": "neutral",
+    "retrying": "warn", "failed": "warn", "max-attempts": "warn",
+    "dead-lettered": "bad", "permanent": "bad", "invalid": "bad", "revoked": "bad", "disabled": "muted",
+    "skipped": "muted",
+}
+
+
+@cache
+def static_version(name: str) -> str:
+    """A content hash for cache busting: `/static/app.css?v=1a2b3c4d`."""
+    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
+
+
+def static_url(name: str) -> str:
+    return f"/static/{name}?v={static_version(name)}"
+
+
+def event_url(record_or_entry: Record | str) -> str:
+    entry = record_or_entry if isinstance(record_or_entry, str) else record_or_entry.entry_id
+    return "/events/" + quote(entry, safe="")
+
+
+def query_url(path: str, **params: Any) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "", [])}
+    return f"{path}?{urlencode(kept, doseq=True)}" if kept else path
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every value is text unless a template says otherwise (none does)
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(time=fmt_time, iso=iso, ago=ago, duration=duration, entry_ms=entry_ms,
+                       pretty=pretty_data, number=number, tone=state_tone)
+    env.globals.update(static_url=static_url, event_url=event_url, query_url=query_url, quote=quote)
+    return env
+
+
+ENV = _environment()
+
+
+def render(template: str, **context: Any) -> str:
+    return ENV.get_template(template).render(**context)
+
+
+def page(request: AnyRequest, template: str, *, status: int = 200, headers: dict[str, str] | None = None,
+         **context: Any) -> Response[str]:
+    """A full page: the template plus what the layout needs (operator, CSRF token, notices)."""
+    loaded = getattr(request.state, "operator", None)
+    base = {
+        "operator": loaded.session if loaded else None,
+        "csrf_token": loaded.session.csrf if loaded else "",
+        "flashes": loaded.flashes if loaded else [],
+        "path": request.url.path,
+    }
+    html = render(template, **base, **context)
+    # Operator data stays out of shared caches and the browser's disk cache (shared computers).
+    return Response(html, status_code=status, media_type=MediaType.HTML,
+                    headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def event_row(record: Record) -> str:
+    """One row of the events table (the page and the live feed share it)."""
+    return render("_event_row.html", record=record, fresh=True)

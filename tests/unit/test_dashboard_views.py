@@ -1,0 +1,125 @@
+"""The dashboard's pure parts: display filters, the chart's geometry, form times, redirects, the
+client address behind a proxy, and the throughput estimate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from litestar.connection import ASGIConnection
+
+from app.overview import GroupStatus, Throughput
+from app.settings import Settings
+from app.web.dashboard.auth import safe_next
+from app.web.dashboard.charts import _nice_ceiling, bar_chart
+from app.web.dashboard.pages import form_time
+from app.web.dashboard.render import ago, duration, fmt_time, number, pretty_data, render
+from app.web.security import client_address, is_https, tokens_match
+
+NOW = 1_790_000_000_000
+
+
+def test_times_and_durations_read_naturally() -> None:
+    assert fmt_time(0) == "—"
+    assert fmt_time(NOW) == "2026-09-21 14:13:20 UTC"
+    assert ago(NOW - 5_000, NOW) == "5 s ago"
+    assert ago(NOW - 3 * 60_000, NOW) == "3 min ago"
+    assert ago(NOW - 5 * 3_600_000, NOW) == "5 h ago"
+    assert ago(NOW - 2 * 86_400_000, NOW) == "2 d ago"
+    assert ago(None) == "never"
+    assert [duration(v) for v in (None, 2.345, 42, 1500, 300_000)] == ["—", "2.3 ms", "42 ms", "1.5 s", "5 min"]
+    assert number(1234567) == "1\u202f234\u202f567"
+
+
+def test_event_data_is_pretty_printed_as_text() -> None:
+    assert pretty_data(msgspec.Raw(b'{"a":[1,2]}')) == '{\n  "a": [\n    1,\n    2\n  ]\n}'
+    assert pretty_data("plain") == "plain"
+    assert pretty_data(None) == ""
+    row = render("_event_row.html", record=_record('{"x": "<script>alert(1)</script>"}'), fresh=True)
+    assert "<script>" not in row
+
+
+def _record(data: str) -> Any:
+    from app.events import Record
+
+    return Record(entry_id="1-0", partition=0, direct=False,
+                  event={"type": "<b>t</b>", "source": "s", "id": "i", "data": msgspec.Raw(data.encode())})
+
+
+def test_the_chart_scales_to_a_round_maximum_and_keeps_small_bars_visible() -> None:
+    points = [(NOW + i * 60_000, c) for i, c in enumerate([0, 1, 37, 0])]
+    chart = bar_chart(points, width=400, height=100)
+    assert chart.bars[0].height == 0
+    assert chart.bars[1].height >= 1.5
+    assert chart.bars[2].height == pytest.approx(96 * 37 / 50)
+    assert [label for _, label in chart.gridlines] == ["25", "50"]
+    assert (chart.peak, chart.total, chart.last) == (37, 38, 37)
+    assert chart.bars[3].x + chart.bars[3].width <= 400
+    assert [_nice_ceiling(v) for v in (0, 1, 3, 7, 10, 11, 4200)] == [0, 1, 5, 10, 10, 20, 5000]
+    assert bar_chart([]).bars == []
+
+
+@pytest.mark.parametrize(("given", "ms"), [
+    ("2026-09-21T14:13", NOW - 20_000), ("2026-09-21T14:13:20", NOW), ("2026-09-21T14:13:20Z", NOW),
+    (str(NOW), NOW), ("", None), (None, None),
+])
+def test_form_times_are_utc(given: str | None, ms: int | None) -> None:
+    problems: list[str] = []
+    assert form_time(given, "since", problems) == ms
+    assert problems == []
+
+
+def test_a_bad_form_time_is_a_message_not_an_error() -> None:
+    problems: list[str] = []
+    assert form_time("yesterday", "since", problems) is None
+    assert problems and "is not a time" in problems[0]
+
+
+@pytest.mark.parametrize(("target", "safe"), [
+    ("/events?type=a", "/events?type=a"), ("//evil.example", "/"), ("https://evil.example", "/"),
+    ("/\\evil", "/"), (None, "/"), ("", "/"), ("events", "/"),
+])
+def test_only_local_redirects(target: str | None, safe: str) -> None:
+    assert safe_next(target) == safe
+
+
+def _conn(headers: dict[str, str], scheme: str = "http") -> ASGIConnection[Any, Any, Any, Any]:
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return ASGIConnection({"type": "http", "scheme": scheme, "headers": raw, "client": ("10.0.0.5", 1234),
+                           "path": "/", "query_string": b""})  # type: ignore[arg-type]
+
+
+def test_the_client_address_comes_from_the_proxy_only_when_trusted() -> None:
+    forwarded = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7", "X-Forwarded-Proto": "https"}
+    plain, trusting = Settings(), Settings(trust_proxy=True)
+    assert client_address(_conn(forwarded), plain) == "10.0.0.5"
+    assert client_address(_conn(forwarded), trusting) == "203.0.113.7"  # the hop the proxy added
+    assert client_address(_conn({}), trusting) == "10.0.0.5"
+    assert not is_https(_conn(forwarded), plain)
+    assert is_https(_conn(forwarded), trusting)
+    assert is_https(_conn({}, scheme="https"), plain)
+
+
+def test_tokens_match_only_exactly() -> None:
+    assert tokens_match("abc", "abc")
+    assert not tokens_match("abc", "abd")
+    assert not tokens_match("abc", None)
+    assert not tokens_match("", "")
+
+
+def _groups(**delivered: int) -> list[GroupStatus]:
+    return [GroupStatus(name=n, pending=0, lag=0, dead_letters=0, consumers=[], delivered=d)
+            for n, d in delivered.items()]
+
+
+def test_throughput_is_the_change_in_deliveries_per_minute() -> None:
+    rate = Throughput(window_s=300, min_span_s=5)
+    rate.add(_groups(a=100, b=0), now=0.0)
+    rate.add(_groups(a=110, b=0), now=2.0)
+    assert rate.per_minute() == {}  # too short a span to say
+    rate.add(_groups(a=160, b=30, c=5), now=30.0)
+    assert rate.per_minute() == {"a": 120.0, "b": 60.0}
+    for t in range(31, 400, 10):
+        rate.add(_groups(a=160, b=30), now=float(t))
+    assert rate.per_minute() == {"a": 0.0, "b": 0.0}  # old samples fall out of the window
