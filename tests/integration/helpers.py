@@ -1,0 +1,25 @@
+"""Assertions shared by the integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+JSON = {"Content-Type": "application/json"}
+PROBLEM_JSON = "application/problem+json"
+
+
+def assert_problem(resp: httpx.Response, status: int, *pointers: str) -> dict[str, Any]:
+    """An RFC 9457 problem with this status; with `pointers`, exactly those fields are named."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].split(";")[0] == PROBLEM_JSON
+    body: dict[str, Any] = resp.json()
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    assert body["type"].startswith("/problems/")
+    assert body["instance"] == resp.request.url.path
+    if pointers:
+        assert sorted(e["pointer"] for e in body["errors"]) == sorted(pointers), body
+    return body
