@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -42,6 +43,28 @@ def ensure_env() -> None:
     STAMP.write_text(wanted)
 
 
+# Debian packages the test suite uses: Chromium for the dashboard's browser tests (Playwright never
+# downloads a browser) and promtool to check the alert rules.
+TEST_PACKAGES = {"chromium": "/usr/bin/chromium", "prometheus": "/usr/bin/promtool"}
+
+
+def ensure_test_packages() -> None:
+    """Install the missing Debian packages when we can (root with apt-get); otherwise say what is missing."""
+    missing = [pkg for pkg, path in TEST_PACKAGES.items() if not Path(path).exists()]
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} with apt-get (used by the browser and alert-rule tests) ...",
+              flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        return
+    print(f"note: {' '.join(missing)} not installed; the tests that need them will fail. Install them with "
+          f"`sudo apt-get install {' '.join(missing)}` (Debian/Ubuntu).", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__)
@@ -57,6 +80,8 @@ def main(argv: list[str]) -> int:
         print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
         return 2
     ensure_env()
+    if command == "test":
+        ensure_test_packages()
     os.chdir(ROOT)
     args = commands[command]
     os.execv(args[0], args)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app import __version__, cli_ops
+from app import __version__, cli_ops, cli_store, cli_users
 from app.errors import EventFlowError
 from app.settings import ENV_VARS, Settings
 
@@ -70,9 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(handler=show_config)
 
     _producers(sub)
+    _webhooks(sub)
     cli_ops.add_parsers(sub)
+    cli_store.add_parsers(sub)
+    cli_users.add_parser(sub)
+    _audit(sub)
     _consumers_cli(sub)
     return parser
+
+
+def _audit(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="check the hash-chained audit log",
+                           description="The audit consumer writes every event to a hash-chained JSON-lines log.")
+    asub = audit.add_subparsers(title="audit commands", metavar="ACTION")
+    check = asub.add_parser("verify", help="check the chain across all files; name the first broken line",
+                            description="Exit 0 and print a summary when the chain is intact, exit 1 naming "
+                            "the first broken line otherwise.")
+    check.add_argument("path", nargs="?", default=None,
+                       help="the log folder, or one file (default: $EVENTFLOW_AUDIT_PATH)")
+    check.set_defaults(handler=audit_verify)
+    audit.set_defaults(handler=lambda a, s: (audit.print_help(), 2)[1])
+
+
+def audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from app.audit import verify  # local import: keeps `eventflow --help` fast
+
+    report = verify(args.path or settings.audit_path)
+    if report.broken is not None:
+        b = report.broken
+        print(f"audit log BROKEN at {b.file} line {b.line}: {b.reason}\n"
+              f"({report.lines} line(s) before it are intact)", file=sys.stderr)
+        return 1
+    print(f"audit log intact: {report.path}\n  files: {report.files}\n  lines: {report.lines}\n"
+          f"  last seq: {report.last_seq}\n  last hash: {report.last_hash}")
+    return 0
 
 
 def _consumers_cli(sub: Any) -> None:
@@ -103,6 +134,65 @@ def _producers(sub: Any) -> None:
     producers.set_defaults(handler=lambda a, s: (producers.print_help(), 2)[1])
 
 
+def _webhooks(sub: Any) -> None:
+    webhooks = sub.add_parser("webhooks", help="create, list, change, rotate and delete webhook subscriptions",
+                              description="Subscriptions receive matching events as signed CloudEvents "
+                              "(Standard Webhooks); the notify consumer delivers them.")
+    wsub = webhooks.add_subparsers(title="webhook commands", metavar="ACTION")
+    create = wsub.add_parser("create", help="add a subscription and print its signing secret (shown only once)")
+    create.add_argument("url", help="http(s) URL that receives POSTs")
+    create.add_argument("--type", "-t", dest="types", action="append", required=True, metavar="PATTERN",
+                        help="event type or glob pattern, e.g. 'order.*' (repeat for several)")
+    create.add_argument("--description", default="", help="free text")
+    create.add_argument("--disabled", action="store_true", help="create it disabled")
+    create.set_defaults(handler=_with_services(_webhook_create))
+    wsub.add_parser("list", help="list subscriptions with their last delivery").set_defaults(
+        handler=_with_services(lambda svc, a: _hooks(svc).list()))
+    update = wsub.add_parser("update", help="change a subscription (only the options given)")
+    update.add_argument("id")
+    update.add_argument("--url")
+    update.add_argument("--type", "-t", dest="types", action="append", metavar="PATTERN",
+                        help="replaces all patterns (repeat for several)")
+    update.add_argument("--description")
+    update.set_defaults(handler=_with_services(_webhook_update))
+    for action, help_text in (("get", "show one subscription"), ("delete", "delete a subscription"),
+                              ("enable", "resume deliveries"), ("disable", "pause deliveries"),
+                              ("rotate-secret", "issue a new secret (the old one also signs for 24 hours)")):
+        p = wsub.add_parser(action, help=help_text)
+        p.add_argument("id")
+        p.set_defaults(handler=_with_services(lambda svc, a, act=action: _webhook_action(svc, act, a.id)))
+    webhooks.set_defaults(handler=lambda a, s: (webhooks.print_help(), 2)[1])
+
+
+def _hooks(svc: Any) -> Any:
+    from app.webhooks import Webhooks  # local import: keeps `eventflow --help` fast
+
+    return Webhooks(svc.redis, svc.settings)
+
+
+async def _webhook_create(svc: Any, args: argparse.Namespace) -> Any:
+    from app.webhooks import SubscriptionIn
+
+    data = SubscriptionIn(url=args.url, types=args.types, description=args.description, enabled=not args.disabled)
+    return await _hooks(svc).create(data)
+
+
+async def _webhook_update(svc: Any, args: argparse.Namespace) -> Any:
+    from app.webhooks import SubscriptionPatch
+
+    given = {k: v for k in ("url", "types", "description") if (v := getattr(args, k)) is not None}
+    return await _hooks(svc).update(args.id, SubscriptionPatch(**given))
+
+
+async def _webhook_action(svc: Any, action: str, ident: str) -> Any:
+    hooks = _hooks(svc)
+    if action in ("enable", "disable"):
+        return await hooks.set_enabled(ident, action == "enable")
+    if action == "rotate-secret":
+        return await hooks.rotate_secret(ident)
+    return await getattr(hooks, action)(ident)
+
+
 def _with_services(action: Callable[[Any, argparse.Namespace], Awaitable[Any]]) -> Handler:
     def handler(args: argparse.Namespace, settings: Settings) -> int:
         from app.connections import connect
@@ -127,8 +217,13 @@ def show_config(args: argparse.Namespace, settings: Settings) -> int:
         value = getattr(settings, field)
         if var == "REDIS_URL" and value:
             value = _redact(value)
+        elif var in _SECRET_VARS and value:
+            value = "*** (set)"
         print(f"{var:34} {value}")
     return 0
+
+
+_SECRET_VARS = {"EVENTFLOW_API_TOKEN", "EVENTFLOW_METRICS_TOKEN", "SENTRY_DSN"}
 
 
 def _redact(url: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import urllib.request
 from pathlib import Path
 
 from app.embedded import EmbeddedServer
-from app.errors import Conflict, EventFlowError, Unauthorized
+from app.errors import Conflict, EventFlowError, NotFound, Unauthorized
 from app.settings import Settings
 
 DEV_PRODUCER = "dev"
+DEV_ADMIN = "admin"
 
 
 def web_command(host: str, port: int, workers: int = 1) -> list[str]:
@@ -62,12 +64,13 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             settings = settings.replace(redis_url=server.url)
             env["REDIS_URL"] = server.url
         key = asyncio.run(_dev_producer_key(settings, data_dir))
+        admin_password = asyncio.run(_dev_admin(settings, data_dir))
         web = web_command("127.0.0.1", port)
         children.append(subprocess.Popen([_bin(web[0]), *web[1:]], env=env))
         if not args.no_consumers and _has_consumers():
             children.append(subprocess.Popen([_bin("eventflow"), "consume"], env=env))
         _wait_http(f"http://127.0.0.1:{port}/healthz", children)
-        _banner(port, key, server)
+        _banner(port, key, server, _admin_lines(port, admin_password, data_dir))
         _wait_children(children)
     except KeyboardInterrupt:
         print("\nstopping ...")
@@ -110,12 +113,51 @@ async def _dev_producer_key(settings: Settings, data_dir: Path) -> str:
         await redis.aclose()
 
 
-def _banner(port: int, key: str, server: EmbeddedServer | None) -> None:
+async def _dev_admin(settings: Settings, data_dir: Path) -> str | None:
+    """The local dashboard admin's password: made up and kept in the data folder the first time.
+
+    None when an `admin` exists whose password is not the one in the file (someone changed it)."""
+    from app.connections import connect
+    from app.service import Services
+
+    password_file = data_dir / "admin-password"
+    redis = connect(settings)
+    try:
+        svc = Services(redis, settings)
+        known = password_file.read_text().strip() if password_file.exists() else None
+        try:
+            await svc.users.get(DEV_ADMIN)
+        except NotFound:
+            password = known or secrets.token_urlsafe(12)
+            await svc.users.create(DEV_ADMIN, "admin", password)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            password_file.write_text(password + "\n")
+            password_file.chmod(0o600)
+            return password
+        if known is None:
+            return None
+        try:
+            await svc.users.authenticate(DEV_ADMIN, known)
+        except Unauthorized:
+            return None
+        return known
+    finally:
+        await redis.aclose()
+
+
+def _admin_lines(port: int, password: str | None, data_dir: Path) -> str:
+    shown = password or (f"(changed since it was kept in {data_dir / 'admin-password'}; "
+                         f"`eventflow users set-password {DEV_ADMIN}` sets a new one)")
+    return (f"  dashboard:    http://127.0.0.1:{port}/login   user {DEV_ADMIN}, password {shown}\n"
+            f"                (kept in {data_dir / 'admin-password'})\n")
+
+
+def _banner(port: int, key: str, server: EmbeddedServer | None, dashboard: str = "") -> None:
     url = f"http://127.0.0.1:{port}"
     redis_line = f"embedded Valkey at {server.url}" if server else "Redis from REDIS_URL"
     print(f"""
 EventFlow is running at {url}   ({redis_line})
-  API docs:     {url}/schema/swagger
+{dashboard}  API docs:     {url}/schema/swagger
   producer key: {key}   (producer "dev", kept in .eventflow/dev-producer.key)
 
 Post an event:

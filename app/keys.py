@@ -117,5 +117,99 @@ class Keys:
         return f"{self.prefix}:webhook-deliveries"
 
     def webhook_sent(self, partition: int, delivery: str) -> str:
-        """Set of subscription ids one delivery already reached (skipped when it is retried)."""
-        return f"{self.prefix}:webhook-sent:{partition}:{delivery}"
+        """Set of subscription ids one delivery of this partition's events already reached (skipped
+        when it is retried); `delivery` is the dispatcher's "<l|r>:<stream id>"."""
+        return self._base[partition] + "wh-sent:" + delivery
+
+    # -- audit and analytics consumers -----------------------------------------------------------
+    @property
+    def audit_leader(self) -> str:
+        """The audit writer's leadership lease: holder id, with a TTL (SET NX PX, renewed)."""
+        return f"{self.prefix}:audit:leader"
+
+    @property
+    def audit_parked(self) -> str:
+        """Hash: "<partition>:<entry id>" -> entry a standby audit worker hands to the leader."""
+        return f"{self.prefix}:audit:parked"
+
+    def stats_minute(self, minute: int) -> str:
+        """Hash of one minute's event counts (minute = ms since the epoch // 60000).
+
+        All minutes share one hash tag so that a flush touching several minutes is one MULTI/EXEC
+        on one slot of a cluster."""
+        return f"{{{self.prefix}:stats}}:m:{minute}"
+
+    # -- dashboard: operators and their sessions -------------------------------------------------
+    @property
+    def users(self) -> str:
+        """Hash: operator name -> JSON record (role, argon2 password hash, created)."""
+        return f"{self.prefix}:users"
+
+    def session(self, token_hash: str) -> str:
+        """One operator session (JSON), keyed by the SHA-256 of its cookie; expires when idle."""
+        return f"{self.prefix}:session:{token_hash}"
+
+    def user_sessions(self, name: str) -> str:
+        """Set of one operator's session hashes (dropped together on delete or password change)."""
+        return f"{self.prefix}:user-sessions:{name}"
+
+    def session_flash(self, token_hash: str) -> str:
+        """List of one-time notices for a session, shown on its next page."""
+        return f"{self.prefix}:flash:{token_hash}"
+
+    def login_failures(self, client: str) -> str:
+        """Failed logins from one client address in the current window (INCR, expires)."""
+        return f"{self.prefix}:login-failures:{client}"
+
+    # -- observability: worker registry and error monitoring -------------------------------------
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker consumer id -> time of its last heartbeat (ms); metrics count live ones."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def error_groups(self) -> str:
+        """Sorted set: error fingerprint -> last seen (ms); the Errors view lists it newest first."""
+        return f"{self.prefix}:errors"
+
+    def error_group(self, fingerprint: str) -> str:
+        """Hash of one error group: consumer, type, normalized message, example, counts, first/last seen."""
+        return f"{self.prefix}:error:{fingerprint}"
+
+    def error_samples(self, fingerprint: str) -> str:
+        """List of the latest event ids that failed with one error group (newest first, a few)."""
+        return f"{self.prefix}:error-samples:{fingerprint}"
+
+    # -- event types and schemas (one hash tag: a new version is saved by one script) ------------
+    @property
+    def event_types(self) -> str:
+        """Hash: event type -> JSON record (description, owner, mode, created/updated)."""
+        return f"{{{self.prefix}:types}}:registry"
+
+    @property
+    def type_versions(self) -> str:
+        """Hash: event type -> its current schema version number."""
+        return f"{{{self.prefix}:types}}:current"
+
+    def type_schemas(self, event_type: str) -> str:
+        """Hash: version number -> JSON of one schema version of an event type (never changed)."""
+        return f"{{{self.prefix}:types}}:schemas:{event_type}"
+
+    @property
+    def types_changed(self) -> str:
+        """Counter bumped by every registry change; processes poll it to refresh compiled validators."""
+        return f"{{{self.prefix}:types}}:changed"
+
+    @property
+    def type_failure_counts(self) -> str:
+        """Hash: "<type>\\n<outcome>" -> validation failures counted (rejected, flagged, dead-lettered)."""
+        return f"{{{self.prefix}:types}}:failures"
+
+    def type_recent_failures(self, event_type: str) -> str:
+        """List: the latest validation failures of one event type (JSON, newest first, capped)."""
+        return f"{{{self.prefix}:types}}:recent:{event_type}"
+
+    # -- retention ----------------------------------------------------------------------------------
+    def retention_lease(self, partition: int) -> str:
+        """Who is archiving and trimming this partition now (SET NX PX, renewed): one at a time."""
+        return self._base[partition] + "retention"

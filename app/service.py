@@ -12,12 +12,22 @@ from redis.asyncio import Redis
 from app.connections import check_server, is_unavailable, redis_errors
 from app.deadletters import DeadLetters
 from app.errors import ConfigError, Forbidden, NotFound, PayloadTooLarge
+from app.errortrack import ErrorGroup, ErrorTracker, reporter_from_settings
 from app.events import Incoming, Record, enrich, now_rfc3339
 from app.ids import valid_traceparent
 from app.lifecycle import GroupState, Lifecycle
+from app.live import LiveHub
+from app.overview import Cached, GroupStatus, Overview, Throughput, build, group_statuses
 from app.producers import Producers
+from app.retention import Retention
+from app.schemas import Schemas
+from app.sessions import LoginThrottle, Sessions
 from app.settings import Settings
+from app.stats import Stats
 from app.store import Appended, EventLog, Page, Prepared, Query
+from app.tracing import Tracer
+from app.users import Users, UserView
+from app.webhooks import Webhooks
 
 log = logging.getLogger("eventflow.service")
 
@@ -35,9 +45,22 @@ class Services:
         self.redis = redis
         self.settings = settings
         self.log = EventLog(redis, settings)
+        self.schemas = Schemas(redis, settings, self.log)
+        self.retention = Retention(redis, settings, self.log)
         self.producers = Producers(redis, settings)
         self.lifecycle = Lifecycle(redis, settings)
         self.dead_letters = DeadLetters(redis, settings)
+        self.errors = ErrorTracker(redis, settings, reporter=reporter_from_settings(settings))
+        self.tracer: Tracer | None = None  # the web process sets one when OTEL_EXPORTER_OTLP_ENDPOINT is set
+        self.users = Users(redis, settings)
+        self.sessions = Sessions(redis, settings)
+        self.login_throttle = LoginThrottle(redis, settings)
+        self.live = LiveHub(redis, settings)
+        self.webhooks = Webhooks(redis, settings)
+        self.stats = Stats(redis, settings)
+        self.throughput = Throughput()
+        self._groups = Cached(self._group_statuses)
+        self._overview = Cached(self._build_overview)
         self._server_checked = False
 
     async def start(self) -> None:
@@ -67,7 +90,7 @@ class Services:
             if query.source not in (None, scope):
                 raise Forbidden(f"this key reads only the events of producer {scope!r}")
             query = msgspec.structs.replace(query, source=scope)
-        return await self.log.query(query)
+        return await self.retention.with_archive(query, await self.log.query(query))
 
     async def require_operator(self, authorization: str | None) -> None:
         """Operations (dead letters, replays, webhooks) need the operator API token."""
@@ -76,7 +99,13 @@ class Services:
 
     async def get_event(self, ident: str, scope: str | None) -> EventDetail:
         """One event with its delivery state in every consumer group."""
-        record = await self.log.get(ident)
+        try:
+            record = await self.log.get(ident, scope)
+        except NotFound:
+            archived = await self.retention.find(ident)  # trimmed by retention: read the archive
+            if archived is None:
+                raise
+            record = archived
         if scope is not None and record.event.get("source") != scope:
             raise NotFound(f"no event with id {ident!r}")
         async with redis_errors(self.settings):
@@ -99,6 +128,10 @@ class Services:
         traceparent = headers.get("traceparent")
         if traceparent is not None and not valid_traceparent(traceparent):
             traceparent = None
+        await self.schemas.check_incoming(events, source)  # sets dataschema; may flag (warn) or reject
+        span = self.tracer.start_ingest(traceparent) if self.tracer is not None else None
+        if span is not None:
+            traceparent = span.traceparent  # the events' parent is this request's ingest span
         now = now_rfc3339()
         keys = self.log.keys
         items = []
@@ -115,6 +148,50 @@ class Services:
             except ConfigError as exc:
                 log.error("durability check failed: %s", exc.detail)
                 raise
-        return await self.log.append(items, source)
+        if span is None:
+            return await self.log.append(items, source)
+        try:
+            appended = await self.log.append(items, source)
+        except Exception as exc:
+            self.tracer.end_ingest(span, source, len(items), exc)  # type: ignore[union-attr]
+            raise
+        self.tracer.end_ingest(span, source, len(items))  # type: ignore[union-attr]
+        return appended
 
+    async def error_groups(self, consumer: str | None = None, limit: int = 100) -> list[ErrorGroup]:
+        """Failures grouped by (consumer, exception type, normalized message), latest first: the
+        API's GET /v1/errors and the dashboard's Errors page."""
+        await self.errors.flush()  # this process's own unwritten failures (web errors) count too
+        return await self.errors.groups(consumer, limit)
 
+    # -- dashboard ------------------------------------------------------------------------------
+    async def consumer_groups(self) -> list[GroupStatus]:
+        """Every consumer group with its consumers, backlog and dead letters (cached for 1 s)."""
+        return await self._groups.get()
+
+    async def overview(self) -> Overview:
+        """The overview page's numbers (cached for 1 s: many open dashboards, one set of reads)."""
+        return await self._overview.get()
+
+    async def _group_statuses(self) -> list[GroupStatus]:
+        async with redis_errors(self.settings):
+            groups = await group_statuses(self.lifecycle, self.dead_letters)
+        self.throughput.add(groups)
+        return groups
+
+    async def _build_overview(self) -> Overview:
+        groups = await self.consumer_groups()
+        async with redis_errors(self.settings):
+            return await build(groups, self.dead_letters)
+
+    async def delete_user(self, name: str) -> UserView:
+        """Remove an operator and end their open sessions."""
+        deleted = await self.users.delete(name)
+        await self.sessions.end_all(name)
+        return deleted
+
+    async def set_user_password(self, name: str, password: str) -> UserView:
+        """Change an operator's password; their open sessions end (they log in again)."""
+        changed = await self.users.set_password(name, password)
+        await self.sessions.end_all(name)
+        return changed

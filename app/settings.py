@@ -51,6 +51,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_path: str = ".eventflow/audit"
     audit_rotate_bytes: int = 64 * 1024 * 1024
     stats_retention_s: int = 7 * 86_400
+    # Dashboard: operator sessions, cookies behind a proxy, login throttling, live updates.
+    session_idle_s: int = 3600
+    session_max_s: int = 12 * 3600
+    cookie_secure: str = "auto"  # auto (Secure when the request came over HTTPS) | always | never
+    trust_proxy: bool = False  # believe X-Forwarded-Proto/-For from the proxy in front (Fly, nginx)
+    login_max_failures: int = 10
+    login_window_s: int = 300
+    live_ping_s: float = 15.0
+    # Observability: metrics endpoints, request logs, trace export, error reporting.
+    metrics_token: str | None = None  # bearer token for GET /metrics on the API port (404 while unset)
+    metrics_port: int = 0  # internal, unauthenticated metrics port of the web process (0: off)
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: where granian workers share metrics
+    access_log: str = "errors"  # all | errors (status >= 400) | off
+    otel_endpoint: str | None = None  # OTLP/HTTP base URL; spans are exported only when set
+    sentry_dsn: str | None = None
+    # Event types and schemas; retention and archive.
+    unknown_types: str = "accept"  # accept | reject events of types nobody registered
+    schema_check_recent: int = 100  # recent events a new schema version is tested against
+    retention_s: int = 0  # trim (after archiving) events older than this; 0: keep forever
+    retention_max_entries: int = 0  # trim (after archiving) beyond this many entries per partition; 0: no limit
+    retention_interval_s: float = 60.0
+    archive_path: str = ".eventflow/archive"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -85,6 +107,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.log_format in ("json", "text"), "EVENTFLOW_LOG_FORMAT must be json or text"),
             (bool(self.prefix) and "{" not in self.prefix and "}" not in self.prefix,
              "EVENTFLOW_PREFIX must be non-empty and contain no braces"),
+            (self.cookie_secure in ("auto", "always", "never"),
+             "EVENTFLOW_COOKIE_SECURE must be auto, always or never"),
+            (self.session_idle_s >= 60, "EVENTFLOW_SESSION_IDLE_S must be at least 60"),
+            (self.session_max_s >= self.session_idle_s,
+             "EVENTFLOW_SESSION_MAX_S must be at least EVENTFLOW_SESSION_IDLE_S"),
+            (self.login_max_failures >= 1, "EVENTFLOW_LOGIN_MAX_FAILURES must be at least 1"),
+            (self.login_window_s >= 1, "EVENTFLOW_LOGIN_WINDOW_S must be at least 1"),
+            (self.live_ping_s > 0, "EVENTFLOW_LIVE_PING_S must be positive"),
+            (self.access_log in ("all", "errors", "off"), "EVENTFLOW_ACCESS_LOG must be all, errors or off"),
+            (0 <= self.metrics_port < 65536 and 0 <= self.worker_metrics_port < 65536,
+             "EVENTFLOW_METRICS_PORT and EVENTFLOW_WORKER_METRICS_PORT must be 0 (off) to 65535"),
+            # Each granian worker counts its own requests; only shared files add them up correctly.
+            (self.web_workers == 1 or bool(self.metrics_dir),
+             "EVENTFLOW_WEB_WORKERS above 1 needs PROMETHEUS_MULTIPROC_DIR (a folder the web workers share "
+             "for metrics; the Docker image sets it)"),
+            (self.unknown_types in ("accept", "reject"), "EVENTFLOW_UNKNOWN_TYPES must be accept or reject"),
+            (0 <= self.schema_check_recent <= 10_000, "EVENTFLOW_SCHEMA_CHECK_RECENT must be 0 to 10000"),
+            (self.retention_s >= 0 and self.retention_max_entries >= 0,
+             "EVENTFLOW_RETENTION_S and EVENTFLOW_RETENTION_MAX_ENTRIES must be 0 (off) or positive"),
+            (self.retention_interval_s > 0, "EVENTFLOW_RETENTION_INTERVAL_S must be positive"),
+            (bool(self.archive_path), "EVENTFLOW_ARCHIVE_PATH must not be empty"),
         ]
         for ok, message in rules:
             if not ok:
@@ -122,6 +165,25 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_AUDIT_PATH": "audit_path",
     "EVENTFLOW_AUDIT_ROTATE_BYTES": "audit_rotate_bytes",
     "EVENTFLOW_STATS_RETENTION_S": "stats_retention_s",
+    "EVENTFLOW_SESSION_IDLE_S": "session_idle_s",
+    "EVENTFLOW_SESSION_MAX_S": "session_max_s",
+    "EVENTFLOW_COOKIE_SECURE": "cookie_secure",
+    "EVENTFLOW_TRUST_PROXY": "trust_proxy",
+    "EVENTFLOW_LOGIN_MAX_FAILURES": "login_max_failures",
+    "EVENTFLOW_LOGIN_WINDOW_S": "login_window_s",
+    "EVENTFLOW_LIVE_PING_S": "live_ping_s",
+    "EVENTFLOW_METRICS_TOKEN": "metrics_token",
+    "EVENTFLOW_METRICS_PORT": "metrics_port",
+    "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
+    "EVENTFLOW_ACCESS_LOG": "access_log",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otel_endpoint",
+    "SENTRY_DSN": "sentry_dsn",
+    "EVENTFLOW_UNKNOWN_TYPES": "unknown_types",
+    "EVENTFLOW_SCHEMA_CHECK_RECENT": "schema_check_recent",
+    "EVENTFLOW_RETENTION_S": "retention_s",
+    "EVENTFLOW_RETENTION_MAX_ENTRIES": "retention_max_entries",
+    "EVENTFLOW_RETENTION_INTERVAL_S": "retention_interval_s",
+    "EVENTFLOW_ARCHIVE_PATH": "archive_path",
 }
 
 _VAR_OF = {field: var for var, field in ENV_VARS.items()}

@@ -26,6 +26,7 @@ from app.errors import FieldProblem, InvalidEvent, NotFound, Unavailable
 from app.events import Record
 from app.ids import is_entry_id, made_entry
 from app.keys import Keys
+from app.metrics import default_metrics
 from app.scripts import Scripts, source
 from app.settings import Durability, Settings
 
@@ -73,6 +74,7 @@ class EventLog:
         self._flushing = False
         self._window_ms = str(settings.idempotency_window_s * 1000)
         self._salt = secrets.randbits(32)  # distinguishes made event ids across deployments
+        self.metrics = default_metrics()
 
     # -- append ---------------------------------------------------------------------------------
     async def append(self, items: Sequence[Prepared], source: str) -> list[Appended]:
@@ -111,14 +113,28 @@ class EventLog:
 
     async def _flush(self, waiters: list[_Waiter]) -> list[list[Appended]]:
         calls = self._calls(waiters)
+        started = time.perf_counter()
         async with redis_errors(self.settings):
             replies = await self._run_calls(calls, waiters)
+        elapsed = time.perf_counter() - started
         by_item: dict[int, Appended] = {}
+        repeats: dict[str, int] = {}
         for (partition, items), reply in zip(calls, replies, strict=True):
             for n, item in enumerate(items):
                 entry_id, event_id, repeat = reply[3 * n : 3 * n + 3]
-                by_item[id(item)] = Appended(_s(event_id), _s(entry_id), partition, repeat == b"1")
+                duplicate = repeat == b"1"
+                if duplicate:
+                    repeats[item.source] = repeats.get(item.source, 0) + 1
+                by_item[id(item)] = Appended(_s(event_id), _s(entry_id), partition, duplicate)
+        self._count(waiters, repeats, elapsed)
         return [[by_item[id(item)] for item in w.items] for w in waiters]
+
+    def _count(self, waiters: list[_Waiter], repeats: dict[str, int], elapsed_s: float) -> None:
+        """Metrics, once per flush (not per event): events per producer, repeats, round-trip time."""
+        per_source: dict[str, int] = {}
+        for waiter in waiters:
+            per_source[waiter.source] = per_source.get(waiter.source, 0) + len(waiter.items)
+        self.metrics.appended(per_source, repeats, elapsed_s, sum(per_source.values()))
 
     def _calls(self, waiters: list[_Waiter]) -> list[tuple[int, list[Prepared]]]:
         per_partition: dict[int, list[Prepared]] = {}
@@ -234,8 +250,9 @@ class EventLog:
                 await self._catch_up(partition)
 
     # -- read -----------------------------------------------------------------------------------
-    async def get(self, ident: str) -> Record:
-        """One event by event id or by stream entry id."""
+    async def get(self, ident: str, source: str | None = None) -> Record:
+        """One event by event id or by stream entry id; `source` picks its own event when two
+        sources used the same event id."""
         await self.catch_up()
         async with redis_errors(self.settings):
             if is_entry_id(ident):
@@ -250,10 +267,13 @@ class EventLog:
             pipe = self.redis.pipeline(transaction=False)
             for partition in range(self.keys.partitions):
                 pipe.get(self.keys.event_id(partition, ident))
-            for partition, value in enumerate(await pipe.execute()):
+                pipe.get(self.keys.source_event_id(partition, source or "", ident))
+            values = await pipe.execute()
+            for partition, (shared, own) in enumerate(zip(values[::2], values[1::2], strict=True)):
+                # `own` exists only for a source whose id another source had used first (append.lua).
+                value = own or (shared and shared.split(b" ", 1)[0])
                 if value:
-                    entry_id = value.split(b" ", 1)[0].decode()
-                    record = await self._entry(partition, entry_id)
+                    record = await self._entry(partition, value.decode())
                     if record is not None:
                         return record
         raise NotFound(f"no event with id {ident!r} (ids are looked up for the idempotency window; "

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from app.connections import connect
 from app.errors import ConfigError
 from app.logs import configure_logging
+from app.metrics import default_metrics, serve_process
 from app.settings import Settings
 from consumers.base import Consumer
 from consumers.runner import Runner, consumer_id
@@ -59,18 +60,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _main(names: list[str], module: str | None, settings: Settings) -> None:
+    # In memory, never the web's PROMETHEUS_MULTIPROC_DIR files: a worker serves its own values.
+    metrics = default_metrics()
+    server = serve_process(settings.worker_metrics_port, metrics, asyncio.get_running_loop()) \
+        if settings.worker_metrics_port else None
     redis = connect(settings)
     consumers = load(names, module, settings, redis)
     runner = Runner(consumers, redis, settings, consumer_id(settings, os.environ))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop.set)
+    from app import retention  # imported once the signal handlers are in place: start-up stays short
+
+    # Retention runs next to the consumers when a policy is set (one process at a time per partition).
+    trimming = asyncio.create_task(retention.run_forever(redis, settings, runner.stop)) \
+        if retention.enabled(settings) else None
     try:
         await runner.run()
     finally:
+        if trimming is not None:
+            trimming.cancel()  # a pass cut short is safe: archived entries not yet trimmed are archived again
+            await asyncio.gather(trimming, return_exceptions=True)
         for c in consumers:
             if c.close is not None:
                 await c.close()
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)
         await redis.aclose()
 
 

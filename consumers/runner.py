@@ -14,14 +14,18 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import msgspec
 from redis.asyncio import Redis
 
 from app.connections import is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, now_ms
+from app.errortrack import ErrorTracker, reporter_from_settings
 from app.ids import trace_id
+from app.metrics import Metrics, default_metrics
 from app.settings import Settings
+from app.tracing import Tracer, from_settings
 from consumers.base import Consumer, Delivery, Permanent, Retry
 
 log = logging.getLogger("eventflow.consumers")
@@ -61,10 +65,26 @@ class Outage:
         self.delay_s = 0.1
 
 
+@dataclass
+class Observers:
+    """Where a runner reports: metrics, error monitoring, and span export (None: off)."""
+
+    metrics: Metrics
+    errors: ErrorTracker
+    tracer: Tracer | None = None
+
+    @classmethod
+    def from_settings(cls, dispatch: Dispatch) -> Observers:
+        settings = dispatch.settings
+        errors = ErrorTracker(dispatch.redis, settings, reporter=reporter_from_settings(settings))
+        return cls(default_metrics(), errors, from_settings(settings, "eventflow-worker"))
+
+
 class GroupLoop:
     """Delivers one partition's events to one consumer."""
 
-    def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str, stop: asyncio.Event) -> None:
+    def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str, stop: asyncio.Event,
+                 observers: Observers | None = None) -> None:
         self.consumer = consumer
         self.dispatch = dispatch
         self.partition = partition
@@ -76,6 +96,20 @@ class GroupLoop:
         self._next_retry_poll = 0.0  # monotonic time of the next routine look at the retry schedule
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
         self._next_reclaim = 0.0
+        self.observers = observers or Observers(default_metrics(), ErrorTracker(dispatch.redis, dispatch.settings))
+        self.tracer = self.observers.tracer
+        self._bind_metrics(self.observers.metrics, consumer.name)
+
+    def _bind_metrics(self, m: Metrics, group: str) -> None:
+        # Bound once: the hot path only bumps plain counters (see app/metrics.py).
+        self._metrics = m
+        self._timing = m.timing(m.handler_duration, group)
+        self._durations: list[float] = []  # this batch's handler times, observed together after it
+        self._outcome = {o: m.count(m.deliveries, group, o)
+                         for o in ("succeeded", "failed", "dead_lettered", "invalid", "skipped")}
+        self._retries = m.retries.labels(group)
+        self._dead_letters = {r: m.dead_letters.labels(group, r) for r in ("permanent", "max-attempts", "invalid")}
+        self._lost = m.lost_entries.labels(group)
 
     async def run(self) -> None:
         group, batch = self.consumer.name, self.consumer.batch_size
@@ -91,6 +125,7 @@ class GroupLoop:
                     claimed = await self._poll()
                 self.lost += claimed.lost
                 if claimed.lost:
+                    self._lost.inc(claimed.lost)
                     log.error("%d pending entries were deleted or trimmed before delivery (lost)", claimed.lost,
                               extra={"group": group, "partition": self.partition})
                 await self.handle(claimed.entries)
@@ -130,13 +165,22 @@ class GroupLoop:
         if not entries:
             return
         attempts = await self._attempt_numbers(entries)
+        skipped = self._outcome["skipped"]
+        skipped_before = skipped.n
         lanes = min(self.consumer.concurrency, len(entries))
         renewer = asyncio.create_task(self._renew(entries))
         try:
             done = await asyncio.gather(*(self._lane(entries[i::lanes], attempts[i::lanes]) for i in range(lanes)))
         finally:
             renewer.cancel()
-        await self.dispatch.ack(self.consumer.name, [e for lane in done for e in lane])
+        acked = [e for lane in done for e in lane]
+        # Counted per batch: every entry not acked failed and was counted in _failed/_dead.
+        self._outcome["succeeded"].add(len(acked) - (skipped.n - skipped_before))
+        if self._durations:
+            self._timing.observe_many(self._durations)
+            self._durations.clear()
+        self._metrics.touch()
+        await self.dispatch.ack(self.consumer.name, acked)
 
     async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int]:
         # Redeliveries and replays continue the attempt count kept in the attempt records.
@@ -169,43 +213,72 @@ class GroupLoop:
         """Run the handler once; True when the batch should ack the entry."""
         event_type = entry.fields.get(b"type")
         if event_type is not None and not self.consumer.wants(event_type.decode(errors="replace")):
+            self._outcome["skipped"].n += 1
             return True  # not for this consumer: acknowledged without calling the handler
         delivery = Delivery(entry, self.consumer.name, attempt)
-        if b"_v" not in entry.fields and delivery.record.problems:
-            await self._dead(delivery, "invalid", "; ".join(delivery.record.problems), None, 0.0)
-            return False
+        if b"_v" not in entry.fields:  # written straight into the stream: check it, never trust it
+            from app.schemas import schemas_for  # only direct writes need the validators: a lean start-up
+
+            problems = delivery.record.problems or await schemas_for(self.dispatch).problems_of(delivery.record)
+            if problems:
+                await self._dead(delivery, "invalid", "; ".join(problems), None, 0.0)
+                return False
         started = time.perf_counter()
         try:
             await self.consumer.handler(delivery)
         except Permanent as exc:
-            await self._dead(delivery, "permanent", str(exc), type(exc).__name__, started)
+            self._ran(delivery, started, exc)
+            await self._dead(delivery, "permanent", str(exc), type(exc).__name__, started, exc)
             return False
         except Retry as exc:
+            self._ran(delivery, started, exc)
             return await self._failed(delivery, exc, exc.delay_s, started)
         except Exception as exc:  # noqa: BLE001 - every other failure is transient by contract
+            self._ran(delivery, started, exc)
             return await self._failed(delivery, exc, None, started)
+        elapsed = time.perf_counter() - started  # inlined _ran(): this is the path every event takes
+        self._durations.append(elapsed)
+        if self.tracer is not None:
+            self.tracer.delivery(delivery, elapsed, None)
         if attempt > 1 or entry.kind != LOG:  # it has an attempt history: close it
             await self.dispatch.record(self.consumer.name, entry, self._attempt(delivery, "succeeded", started))
         return True
 
+    def _ran(self, delivery: Delivery, started: float, exc: BaseException | None) -> None:
+        elapsed = time.perf_counter() - started
+        self._durations.append(elapsed)
+        if self.tracer is not None:
+            self.tracer.delivery(delivery, elapsed, exc)
+
     async def _failed(self, delivery: Delivery, exc: Exception, delay_s: float | None, started: float) -> bool:
         if delivery.attempt >= self.consumer.max_attempts:
-            await self._dead(delivery, "max-attempts", str(exc), type(exc).__name__, started)
+            await self._dead(delivery, "max-attempts", str(exc), type(exc).__name__, started, exc)
             return False
         wait_s = delay_s if delay_s is not None else self.consumer.backoff.delay_s(delivery.attempt)
         record = self._attempt(delivery, "failed", started, exc)
         record.next_at_ms = now_ms() + int(wait_s * 1000)
         await self.dispatch.schedule_retry(self.consumer.name, delivery.pending, record)
         heapq.heappush(self._due, time.monotonic() + wait_s)
+        self._outcome["failed"].n += 1
+        self._retries.inc()
+        context = self._context(delivery)
+        self.observers.errors.note(self.consumer.name, type(exc).__name__, str(exc), delivery.id, exc=exc,
+                                   trace_id=context["trace_id"])  # type: ignore[arg-type]
         log.warning("delivery failed; retrying in %.2f s: %s: %s", wait_s, type(exc).__name__, exc,
-                    extra=self._context(delivery))
+                    extra=context)
         return False
 
-    async def _dead(self, delivery: Delivery, reason: str, error: str, error_type: str | None, started: float) -> None:
+    async def _dead(self, delivery: Delivery, reason: str, error: str, error_type: str | None, started: float,
+                    exc: BaseException | None = None) -> None:
         record = self._attempt(delivery, "dead-lettered", started)
         record.error, record.error_type = error[:2000], error_type
         await self.dispatch.dead_letter(self.consumer.name, delivery.pending, record, reason)
-        log.error("dead-lettered (%s): %s", reason, error, extra=self._context(delivery))
+        self._outcome["invalid" if reason == "invalid" else "dead_lettered"].n += 1
+        self._dead_letters[reason].inc()
+        context = self._context(delivery)
+        self.observers.errors.note(self.consumer.name, error_type or "InvalidEvent", error, delivery.id, dead=True,
+                                   exc=exc, trace_id=context["trace_id"])  # type: ignore[arg-type]
+        log.error("dead-lettered (%s): %s", reason, error, extra=context)
 
     def _attempt(self, delivery: Delivery, outcome: str, started: float, exc: Exception | None = None) -> Attempt:
         return Attempt(
@@ -227,13 +300,15 @@ class GroupLoop:
 class Runner:
     """Runs consumers in this process until `stop` is set, then shuts down within the grace period."""
 
-    def __init__(self, consumers: Sequence[Consumer], redis: Redis, settings: Settings, name: str) -> None:
+    def __init__(self, consumers: Sequence[Consumer], redis: Redis, settings: Settings, name: str,
+                 observers: Observers | None = None) -> None:
         self.consumers = list(consumers)
         self.settings = settings
         self.dispatch = Dispatch(redis, settings)
         self.name = name
         self.stop = asyncio.Event()
         self.loops: list[GroupLoop] = []
+        self.observers = observers or Observers.from_settings(self.dispatch)
 
     async def setup(self) -> None:
         """Create groups and publish each consumer's settings (idempotent; retried while Redis is down)."""
@@ -252,7 +327,7 @@ class Runner:
 
     async def run(self) -> None:
         await self.setup()
-        self.loops = [GroupLoop(c, self.dispatch, p, self.name, self.stop)
+        self.loops = [GroupLoop(c, self.dispatch, p, self.name, self.stop, self.observers)
                       for c in self.consumers for p in range(self.dispatch.keys.partitions)]
         tasks = [asyncio.create_task(loop.run()) for loop in self.loops]
         tasks.append(asyncio.create_task(self._heartbeat()))
@@ -263,14 +338,29 @@ class Runner:
         for task in pending:
             task.cancel()  # what they held stays pending and is reclaimed after the lease
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._flush_observers()
         log.info("stopped (%d task(s) cut off after the %.0f s grace)", len(pending), grace_s)
 
+    async def _flush_observers(self) -> None:
+        self.observers.metrics.flush()
+        try:
+            await self.observers.errors.flush()
+        except Exception as exc:  # noqa: BLE001 - at shutdown with Redis gone: a second of error counts
+            log.warning("error monitoring: final flush failed: %s", exc)
+        if self.observers.tracer is not None:
+            await asyncio.to_thread(self.observers.tracer.flush)  # the export may wait on the network
+
     async def _heartbeat(self) -> None:
-        key = self.dispatch.keys.heartbeat(self.name)
+        keys = self.dispatch.keys
         body = msgspec.json.encode({"consumers": [c.name for c in self.consumers], "pid": os.getpid()})
         while not self.stop.is_set():
             try:
-                await self.dispatch.redis.set(key, body, ex=30)
+                now = now_ms()
+                pipe = self.dispatch.redis.pipeline(transaction=False)
+                pipe.set(keys.heartbeat(self.name), body, ex=30)
+                pipe.zadd(keys.workers, {self.name: now})  # the metrics count live workers from this
+                pipe.zremrangebyscore(keys.workers, 0, now - 86_400_000)
+                await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
                 log.debug("heartbeat failed: %s", exc)
             await _sleep_unless(self.stop, 10)

@@ -14,34 +14,54 @@ from redis.asyncio import Redis
 from app import __version__
 from app.connections import connect
 from app.logs import configure_logging
+from app.metrics import default_metrics
 from app.service import Services
 from app.settings import Settings
-from app.web import api, health, operations
+from app.web import api, dashboard, errortrack, health, operations, webhooks
+from app.web import metrics as metrics_web
+from app.web import retention as retention_api
+from app.web import stats as stats_api
+from app.web import types as types_api
+from app.web.dashboard.render import event_row
 from app.web.problems import EXCEPTION_HANDLERS
+from app.web.security import security_headers
 
 
 def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
     """Build the Litestar app; pass `redis` to share a client (tests), else one is made from REDIS_URL."""
+    web_metrics = metrics_web.WebMetrics(settings, default_metrics(settings.metrics_dir))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis if redis is not None else connect(settings)
         app.state.services = Services(client, settings)
-        await app.state.services.start()
+        try:
+            await app.state.services.start()
+        except BaseException:
+            if redis is None:
+                await client.aclose()  # a refused start-up (e.g. durability check) must not leak it
+            raise
+        app.state.services.live.render = event_row  # the live feed sends rendered table rows
+        await app.state.services.live.start()
         try:
             yield
         finally:
+            await app.state.services.live.stop()
             if redis is None:
                 await client.aclose()
 
     return Litestar(
-        route_handlers=[*api.ROUTES, *health.ROUTES, *operations.ROUTES],
-        lifespan=[lifespan],
+        route_handlers=[*api.ROUTES, *health.ROUTES, *operations.ROUTES, *webhooks.ROUTES, *stats_api.ROUTES,
+                        *dashboard.routers(), *metrics_web.ROUTES, *errortrack.ROUTES,
+                        *types_api.ROUTES, *retention_api.ROUTES],
+        middleware=[web_metrics.middleware(), security_headers(settings)],
+        lifespan=[lifespan, metrics_web.lifespan(web_metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "web_metrics": web_metrics}),
         openapi_config=OpenAPIConfig(title="EventFlow", version=__version__, path="/schema"),
         debug=False,
+        logging_config=None,  # Litestar's default would replace the root handlers (app/logs.py's JSON)
     )
 
 

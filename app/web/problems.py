@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from app.connections import is_unavailable, unavailable
 from app.errors import EventFlowError, InvalidEvent, PayloadTooLarge, Unavailable
+from app.web.metrics import note_problem
 
 log = logging.getLogger("eventflow.web")
 
@@ -26,6 +27,7 @@ def problem(request: Request[Any, Any, Any], status: int, title: str, detail: st
         "instance": request.url.path,
     }
     body.update(extra)
+    note_problem(request, status, body["type"])  # metrics: rejected ingests by reason, unrouted requests
     headers = {}
     if "retry_after" in extra:
         headers["Retry-After"] = str(extra["retry_after"])
@@ -63,6 +65,9 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if is_unavailable(exc):
         return eventflow_error(request, unavailable(exc, request.app.state.settings))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    services = getattr(request.app.state, "services", None)
+    if services is not None:  # error monitoring groups these under the pseudo-consumer "web"
+        services.errors.note("web", type(exc).__name__, str(exc), exc=exc)
     return problem(request, 500, "Internal error", "an unexpected error occurred; it has been logged")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,7 +70,7 @@ async def test_poison_event_is_dead_lettered_after_max_attempts_on_the_backoff_s
 
     await wait_for(dead)
     assert len(starts) == 4
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     for gap, expected in zip(gaps, [0.2, 0.4, 0.8], strict=True):
         assert expected - 0.01 <= gap <= expected + 0.12, gaps
     [letter] = await services.dead_letters.list(Filter(group="poison"))

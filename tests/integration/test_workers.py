@@ -120,7 +120,9 @@ async def test_graceful_shutdown_finishes_in_flight_work_and_loses_nothing(
     slow = {"SAMPLE_SLEEP_S": "0.02", "SAMPLE_CONCURRENCY": "4", "SAMPLE_BATCH": "20"}
     first = workers.start("g1", **slow)
     ids = await post_many(services, 300)
-    await asyncio.sleep(0.8)
+    deadline = time.monotonic() + 20
+    while not await seen_counts(redis, settings) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # wait until the worker is running (its signal handlers too)
     first.send_signal(signal.SIGTERM)
     assert first.wait(15) == 0
     partial = await seen_counts(redis, settings)

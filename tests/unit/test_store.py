@@ -26,7 +26,7 @@ async def fake() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
 
 
 def make_services(fake: fakeredis.FakeAsyncRedis, **changes: Any) -> Services:
-    return Services(fake, Settings(prefix="unit").replace(**changes))  # type: ignore[arg-type]
+    return Services(fake, Settings(prefix="unit").replace(**changes))
 
 
 def events(*bodies: dict[str, Any]) -> list[Incoming]:
