@@ -38,7 +38,18 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     os.execvp(_bin(cmd[0]), cmd)
 
 
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM (a supervisor, `kill`) like Ctrl-C, so the children are stopped in order too:
+    they run in their own sessions and would otherwise outlive us."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_embedded(args: argparse.Namespace, settings: Settings) -> int:
+    _stop_on_sigterm()
     data_dir = Path(args.data_dir or Path(settings.data_dir) / "redis")
     server = EmbeddedServer(data_dir, port=args.port, appendfsync=args.appendfsync).start()
     print(f"embedded Valkey on {server.url} (data in {data_dir}, AOF {args.appendfsync}); Ctrl-C stops it")
@@ -52,6 +63,7 @@ def run_embedded(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
+    _stop_on_sigterm()
     data_dir = Path(args.data_dir or settings.data_dir)
     port = args.port or settings.port
     server: EmbeddedServer | None = None

@@ -1,10 +1,9 @@
-"""Identifiers: UUIDv7 event ids and W3C trace context."""
+"""Identifiers: event ids made by the append script, stream entry ids, W3C trace context."""
 
 from __future__ import annotations
 
 import os
 import re
-import time
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -20,20 +19,11 @@ def made_entry(event_id: str) -> tuple[int, str] | None:
         return None
     try:
         h = event_id.replace("-", "")
+        int(h, 16)  # all of it must be hex
         ms, seq_lo, seq_hi = int(h[:12], 16), int(h[13:16], 16), int(h[16:20], 16) & 0x3FFF
         return int(h[20:24], 16), f"{ms}-{(seq_hi << 12) | seq_lo}"
     except ValueError:
         return None
-
-
-def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7) as a string."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62)
-    value |= rand & ((1 << 62) - 1)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_traceparent() -> str:

@@ -7,7 +7,9 @@ cache lookups for `EVENTFLOW_AUTH_CACHE_S` and drop the cache when a producer ch
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -20,6 +22,8 @@ from app.connections import redis_errors
 from app.errors import Conflict, FieldProblem, InvalidEvent, NotFound, Unauthorized
 from app.keys import Keys
 from app.settings import Settings
+
+log = logging.getLogger("eventflow.producers")
 
 KEY_PREFIX = "efk_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
@@ -166,6 +170,27 @@ class Producers:
     def forget(self, _name: Any = None) -> None:
         """Drop cached lookups (called when any producer changes)."""
         self._cache.clear()
+
+    async def watch(self) -> None:
+        """Drop the cache whenever any process rotates or revokes a key, so that takes effect at once
+        everywhere. Runs until cancelled; while Redis is away the cache is dropped on reconnect."""
+        delay_s = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.producers_changed)
+                self.forget()  # changes made while we were not subscribed
+                delay_s = 0.1
+                async for _message in pubsub.listen():
+                    self.forget()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect; the cache TTL bounds staleness meanwhile
+                log.debug("producer change feed interrupted: %s", exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(5.0, delay_s * 2)
+            finally:
+                await pubsub.aclose()
 
 
 def _now_ms() -> int:

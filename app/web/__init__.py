@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -43,9 +44,12 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
             raise
         app.state.services.live.render = event_row  # the live feed sends rendered table rows
         await app.state.services.live.start()
+        watcher = asyncio.create_task(app.state.services.producers.watch())
         try:
             yield
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             await app.state.services.live.stop()
             if redis is None:
                 await client.aclose()

@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
-from app.ids import entry_ms, is_entry_id, new_span_id, new_traceparent, trace_id, uuid7, valid_traceparent
+from app.ids import entry_ms, is_entry_id, made_entry, new_span_id, new_traceparent, trace_id, valid_traceparent
 
 
-def test_uuid7_is_an_rfc_9562_version_7_uuid() -> None:
-    value = uuid.UUID(uuid7())
-    assert value.version == 7
-    assert value.variant == uuid.RFC_4122
+def made(ms: int, seq: int, partition: int, salt: int = 0xDEADBEEF) -> str:
+    """An event id laid out the way app/lua/append.lua makes them."""
+    h = f"{ms:012x}7{seq % 4096:03x}{0x8000 | (seq >> 12) & 0x3FFF:04x}{partition:04x}{salt:08x}"
+    return str(uuid.UUID(h))
 
 
-def test_uuid7_carries_the_current_unix_time_in_ms() -> None:
-    before = time.time_ns() // 1_000_000
-    value = uuid.UUID(uuid7())
-    after = time.time_ns() // 1_000_000
-    assert before <= value.int >> 80 <= after
+@pytest.mark.parametrize(("ms", "seq", "partition"), [(1795706608611, 0, 0), (1795706608611, 4095, 3),
+                                                       (1795706608612, 4096, 15), (1, 70_000, 65535)])
+def test_made_entry_decodes_the_entry_a_made_event_id_encodes(ms: int, seq: int, partition: int) -> None:
+    value = made(ms, seq, partition)
+    assert uuid.UUID(value).version == 7
+    assert uuid.UUID(value).variant == uuid.RFC_4122
+    assert made_entry(value) == (partition, f"{ms}-{seq}")
 
 
-def test_uuid7_values_are_unique() -> None:
-    assert len({uuid7() for _ in range(10_000)}) == 10_000
-
-
-def test_uuid7_sorts_by_creation_time_across_milliseconds() -> None:
-    ids = []
-    for _ in range(5):
-        ids.append(uuid7())
-        time.sleep(0.002)
-    assert sorted(ids) == ids
-
-
-def test_uuid7_is_the_canonical_lowercase_string() -> None:
-    value = uuid7()
-    assert value == str(uuid.UUID(value))
+@pytest.mark.parametrize("value", ["", "order-1", "1795706608611-0", str(uuid.uuid4()),
+                                   "01a21874-5be2-79eb-8894-d0ac920b9b2z"])
+def test_made_entry_ignores_what_is_not_a_version_7_uuid(value: str) -> None:
+    assert made_entry(value) is None
 
 
 def test_new_traceparent_is_valid_sampled_and_fresh() -> None:
