@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from app.errors import ConfigError, Unavailable
 from app.settings import Durability, Settings
@@ -28,9 +28,12 @@ def connect(settings: Settings, **overrides: Any) -> Redis:
         "socket_connect_timeout": settings.redis_timeout_s,
         "health_check_interval": 30,
         "client_name": "eventflow",
+        # A burst wider than the pool waits for a connection (up to the timeout) instead of failing.
+        "max_connections": settings.redis_max_connections,
+        "timeout": settings.redis_timeout_s,
     }
     options.update(overrides)
-    return Redis.from_url(settings.redis_url, **options)
+    return Redis.from_pool(BlockingConnectionPool.from_url(settings.redis_url, **options))  # owns and closes it
 
 
 def unavailable(exc: BaseException, settings: Settings) -> Unavailable:

@@ -102,7 +102,7 @@ class Keys:
 
     @property
     def producers_changed(self) -> str:
-        """Pub/sub channel: a producer was created, rotated or revoked (auth caches drop it)."""
+        """Short stream: a producer was rotated or revoked (every web process drops its auth cache)."""
         return f"{self.prefix}:producers-changed"
 
     # -- webhooks (notify consumer) --------------------------------------------------------------

@@ -240,9 +240,10 @@ class Schemas:
             self._note(event_type, outcome, compiled.version, found, record.event.get("source"),
                        record.event.get("id"))
             await self._flush_quietly()
+            if not enforce:
+                log.warning("direct entry %s does not match schema v%d of %s (warn mode: delivered): %s",
+                            record.entry_id, compiled.version, event_type, flag_text(found))
         if not enforce:
-            log.warning("direct entry %s does not match schema v%d of %s: %s", record.entry_id, compiled.version,
-                        event_type, flag_text(found))
             return []
         return [f"{p.pointer}: {p.message} ({p.keyword or 'schema'}; schema v{compiled.version})" for p in found]
 
@@ -276,8 +277,8 @@ class Schemas:
         async with self._lock:
             if not force and time.monotonic() < self._next_check:
                 return  # another task refreshed while this one waited for the lock
-            await self.flush()
             async with redis_errors(self.settings):
+                await self.flush()
                 stamp = await self.redis.get(self.keys.types_changed)
                 if force or stamp != self._stamp:
                     await self._reload()

@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     durability: Durability = Durability.FAST
     durability_timeout_ms: int = 1000
     redis_timeout_s: float = 2.0
+    redis_max_connections: int = 200
     retry_after_s: int = 1
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
@@ -100,6 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.max_body_bytes >= 1024, "EVENTFLOW_MAX_BODY_BYTES must be at least 1024"),
             (self.idempotency_window_s >= 1, "EVENTFLOW_IDEMPOTENCY_WINDOW_S must be at least 1"),
             (self.redis_timeout_s > 0, "EVENTFLOW_REDIS_TIMEOUT_S must be positive"),
+            (self.redis_max_connections >= 8, "EVENTFLOW_REDIS_MAX_CONNECTIONS must be at least 8"),
             # Checked here so the message names the variable (redis-py's own error does not); the
             # value itself is not echoed, it may carry a password.
             (self.redis_url is None or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
@@ -146,6 +148,7 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_DURABILITY": "durability",
     "EVENTFLOW_DURABILITY_TIMEOUT_MS": "durability_timeout_ms",
     "EVENTFLOW_REDIS_TIMEOUT_S": "redis_timeout_s",
+    "EVENTFLOW_REDIS_MAX_CONNECTIONS": "redis_max_connections",
     "EVENTFLOW_RETRY_AFTER_S": "retry_after_s",
     "EVENTFLOW_MAX_BODY_BYTES": "max_body_bytes",
     "EVENTFLOW_MAX_BATCH": "max_batch",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from app.web import retention as retention_api
 from app.web import stats as stats_api
 from app.web import types as types_api
 from app.web.dashboard.render import event_row
+from app.web.ingest import IngestFastPath
 from app.web.problems import EXCEPTION_HANDLERS
 from app.web.security import security_headers
 
@@ -44,12 +44,9 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
             raise
         app.state.services.live.render = event_row  # the live feed sends rendered table rows
         await app.state.services.live.start()
-        watcher = asyncio.create_task(app.state.services.producers.watch())
         try:
             yield
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
             await app.state.services.live.stop()
             if redis is None:
                 await client.aclose()
@@ -58,7 +55,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
         route_handlers=[*api.ROUTES, *health.ROUTES, *operations.ROUTES, *webhooks.ROUTES, *stats_api.ROUTES,
                         *dashboard.routers(), *metrics_web.ROUTES, *errortrack.ROUTES,
                         *types_api.ROUTES, *retention_api.ROUTES],
-        middleware=[web_metrics.middleware(), security_headers(settings)],
+        middleware=[IngestFastPath, web_metrics.middleware(), security_headers(settings)],
         lifespan=[lifespan, metrics_web.lifespan(web_metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

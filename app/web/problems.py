@@ -18,31 +18,53 @@ log = logging.getLogger("eventflow.web")
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem(request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any) -> Response[bytes]:
+def problem_document(status: int, title: str, detail: str, instance: str, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"/problems/{title.lower().replace(' ', '-')}",
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": instance,
     }
     body.update(extra)
-    note_problem(request, status, body["type"])  # metrics: rejected ingests by reason, unrouted requests
+    return body
+
+
+def problem_headers(status: int, extra: dict[str, Any]) -> dict[str, str]:
     headers = {}
     if "retry_after" in extra:
         headers["Retry-After"] = str(extra["retry_after"])
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="eventflow"'  # RFC 9110: a 401 must name its scheme
-    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return headers
 
 
-def eventflow_error(request: Request[Any, Any, Any], exc: EventFlowError) -> Response[bytes]:
+def problem(request: Request[Any, Any, Any], status: int, title: str, detail: str, **extra: Any) -> Response[bytes]:
+    body = problem_document(status, title, detail, request.url.path, **extra)
+    note_problem(request, status, body["type"])  # metrics: rejected ingests by reason, unrouted requests
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON,
+                    headers=problem_headers(status, extra))
+
+
+def _extra(exc: EventFlowError) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if isinstance(exc, InvalidEvent):
         extra["errors"] = [p.to_dict() for p in exc.problems]
     if isinstance(exc, Unavailable):
         extra["retry_after"] = exc.retry_after_s
-    return problem(request, exc.status, exc.title, exc.detail, **extra)
+    return extra
+
+
+def problem_parts(exc: EventFlowError, instance: str) -> tuple[bytes, list[tuple[bytes, bytes]], str]:
+    """(body, headers, problem type) of an error, for answers sent without Litestar (app/web/ingest.py)."""
+    extra = _extra(exc)
+    body = problem_document(exc.status, exc.title, exc.detail, instance, **extra)
+    headers = [(k.lower().encode(), v.encode()) for k, v in problem_headers(exc.status, extra).items()]
+    return msgspec.json.encode(body), headers, body["type"]
+
+
+def eventflow_error(request: Request[Any, Any, Any], exc: EventFlowError) -> Response[bytes]:
+    return problem(request, exc.status, exc.title, exc.detail, **_extra(exc))
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

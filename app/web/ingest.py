@@ -1,0 +1,120 @@
+"""The ingest hot path: `POST /v1/events` and `POST /v1/events/batch` as plain ASGI.
+
+Producers post far more often than anything else is asked of the web process, and a Litestar route
+(routing, signature parsing, DI, response objects) costs more than the whole ingest itself. So an
+outermost middleware answers these two routes directly; the Litestar handlers in app/web/api.py
+call the same `ingest` function and exist for the OpenAPI document. Errors are the same RFC 9457
+problems as everywhere else (app/web/problems.py builds both).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from app.connections import is_unavailable, unavailable
+from app.errors import EventFlowError, PayloadTooLarge
+from app.events import parse_batch, parse_request
+from app.service import Services
+from app.web.problems import PROBLEM_JSON, problem_parts
+
+log = logging.getLogger("eventflow.web")
+
+ONE, BATCH = "/v1/events", "/v1/events/batch"
+_encode = msgspec.json.Encoder().encode
+_JSON = [(b"content-type", b"application/json")]
+# What app/web/security.py adds to API answers (no CSP: these are not documents).
+_API_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
+                (b"x-frame-options", b"DENY")]
+
+
+class Answer(msgspec.Struct):
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    problem_type: str | None = None
+
+
+async def ingest(svc: Services, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+    """Authenticate, decode, append; the answer as status, body and headers (never raises)."""
+    try:
+        source = await svc.producers.authenticate(headers.get("authorization"))
+        content_type = headers.get("content-type")
+        if path == BATCH:
+            events, is_batch = parse_batch(body, content_type), True
+        else:
+            events, is_batch = parse_request(body, content_type, headers)
+        appended = await svc.ingest(events, source, headers)
+    except EventFlowError as exc:
+        return _problem(path, exc)
+    except Exception as exc:
+        if is_unavailable(exc):
+            return _problem(path, unavailable(exc, svc.settings))
+        log.exception("unhandled error on POST %s", path)
+        svc.errors.note("web", type(exc).__name__, str(exc), exc=exc)
+        return _problem(path, EventFlowError("an unexpected error occurred; it has been logged"))
+    if is_batch:
+        return Answer(202, _encode({"events": appended}), list(_JSON))
+    # Event ids are any string: encode it, a raw non-Latin-1 id cannot go in a header at all.
+    location = f"{ONE}/{quote(appended[0].id, safe='')}".encode()
+    return Answer(202, _encode(appended[0]), [*_JSON, (b"location", location)])
+
+
+def _problem(path: str, exc: EventFlowError) -> Answer:
+    body, headers, problem_type = problem_parts(exc, path)
+    return Answer(exc.status, body, [(b"content-type", PROBLEM_JSON.encode()), *headers], problem_type)
+
+
+class IngestFastPath:
+    """Outermost ASGI middleware answering the two ingest routes; everything else goes to Litestar."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in (ONE, BATCH):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope["app"].state
+        svc: Services = state.services
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await _read_body(receive, headers, svc.settings.max_body_bytes)
+        if body is None:
+            answer = _problem(path, PayloadTooLarge(
+                f"the body is larger than {svc.settings.max_body_bytes} bytes (EVENTFLOW_MAX_BODY_BYTES)"))
+        else:
+            answer = await ingest(svc, path, headers, body)
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [*answer.headers, *_API_HEADERS]})
+        await send({"type": "http.response.body", "body": answer.body})
+        web = getattr(state, "web_metrics", None)
+        if web is not None:
+            scope["path_template"] = path
+            if answer.problem_type is not None:
+                web.problem(scope, answer.status, answer.problem_type)
+            web.request(scope, answer.status, time.perf_counter() - started)
+
+
+async def _read_body(receive: Any, headers: Mapping[str, str], limit: int) -> bytes | None:
+    """The request body, or None when it is larger than `limit` (read no further than that)."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
