@@ -1,0 +1,1 @@
+"""Operations tooling: benchmarks and load scripts (not part of the installed package)."""

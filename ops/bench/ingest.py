@@ -1,0 +1,255 @@
+"""The ingest benchmark: EventFlow side by side with naive baselines, measured in one run.
+
+Every row runs with the same connections, threads and duration; each EventFlow row is reported as a
+ratio against its baseline from the same run (with the issue-6 target where there is one):
+
+    decode-only             Litestar decodes the event into a Struct and answers; no Redis at all
+    naive-single            Litestar decode + one XADD per request
+    eventflow-single        POST /v1/events, `fast` mode: auth, validation, enrichment, index (the
+                            event id is made by EventFlow, so no idempotency key is needed)
+    eventflow-single-ids    the same with a unique producer `id` per request (CloudEvents producers
+                            send one), so the idempotency check and key are on the path
+    naive-batch             Litestar decode of a batch + one pipeline of XADDs per request
+    eventflow-batch         POST /v1/events/batch with the same batch, `fast` mode
+    eventflow-schema-single eventflow-single for a type with a registered JSON Schema (enforce mode):
+                            every event is validated (issue 7 asks for at least 0.85x without)
+    eventflow-schema-batch  eventflow-batch, likewise
+    eventflow-fsync-single  POST /v1/events, `fsync` mode, on a second server with `appendfsync always`
+
+Then the index cost: server memory per event, EventFlow vs a plain XADD (see memory.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.embedded import EmbeddedServer
+from ops.bench import hostload, loadgen, payloads, profile, runinfo, stack
+from ops.bench.config import BenchConfig
+from ops.bench.loadgen import Load
+from ops.bench.memory import MemoryResult
+from ops.bench.memory import measure as measure_memory
+from ops.bench.report import BUSY_PCT, Ratio, Row, memory_table, progress, ratio_table, summary, table, write_json
+
+PREFIX = "bench"
+NAIVE_STREAM = "naive:events"
+# Requests still in the server when a load run ends must not overlap the next run: they would
+# count twice, and push the naive app past redis-py's default pool of 100 connections.
+SETTLE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Compare:
+    """Report a scenario's events/s over `against`'s; `target` is the minimum ratio issue 6 asks for."""
+
+    against: str
+    target: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    app: str  # which web process serves it (see _start_stack)
+    path: str
+    batch: bool = False
+    with_ids: bool = False  # a unique producer event id in every request
+    compare: tuple[Compare, ...] = ()
+    min_events_s: float | None = None
+    schema: bool = False  # events of a type whose registered JSON Schema checks every event
+
+
+SCENARIOS = (
+    Scenario(name="decode-only", app="baseline", path="/decode/events"),
+    Scenario(name="naive-single", app="baseline", path="/naive/events"),
+    Scenario(name="eventflow-single", app="eventflow", path="/v1/events",
+             compare=(Compare("naive-single", 2.0), Compare("decode-only", 0.8))),
+    Scenario(name="eventflow-single-ids", app="eventflow", path="/v1/events", with_ids=True,
+             compare=(Compare("naive-single", 2.0), Compare("decode-only", 0.8))),
+    Scenario(name="naive-batch", app="baseline", path="/naive/events/batch", batch=True),
+    Scenario(name="eventflow-batch", app="eventflow", path="/v1/events/batch", batch=True,
+             compare=(Compare("naive-batch"),), min_events_s=150_000),
+    Scenario(name="eventflow-schema-single", app="eventflow", path="/v1/events", schema=True,
+             compare=(Compare("eventflow-single", 0.85),)),
+    Scenario(name="eventflow-schema-batch", app="eventflow", path="/v1/events/batch", batch=True, schema=True,
+             compare=(Compare("eventflow-batch", 0.85),)),
+    Scenario(name="eventflow-fsync-single", app="eventflow-fsync", path="/v1/events",
+             compare=(Compare("eventflow-single", 0.7), Compare("naive-single"))),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running web process: where to send requests, with which headers, and its PID (for py-spy)."""
+
+    url: str
+    headers: dict[str, str]
+    pid: int
+    server_pid: int
+    redis_url: str = ""
+
+
+def run(config: BenchConfig) -> Path:
+    """Start the stack, measure every scenario and the index cost, print the tables, write the JSON."""
+    tool = loadgen.choose(config.loadgen)
+    progress(f"load generator: {loadgen.describe(tool)}")
+    _check_quiet(config)
+    run_id, info = runinfo.run_id(), runinfo.describe(loadgen.describe(tool))
+    with tempfile.TemporaryDirectory(prefix="eventflow-bench-") as tmp:
+        root = Path(tmp)
+        with contextlib.ExitStack() as scope:
+            targets = _start_stack(scope, root)
+            rows = _measure_rounds(targets, config, tool, run_id)
+        progress(f"index cost: loading {config.memory_events:,} events each way into fresh servers")
+        memory = measure_memory(config.memory_events, root)
+    ratios, minimums = _ratios(rows)
+    print(f"\n{table(rows)}\n\n{ratio_table(ratios, minimums)}\n\n{memory_table(memory)}\n", flush=True)
+    if tool == "python":
+        print("note: the Python load generator saturates long before the servers do, so every ratio is pulled "
+              "toward 1x; install wrk for figures that mean something\n", flush=True)
+    results = _results(config, info, rows, memory)
+    path = write_json(results, config.results_dir / f"ingest-{run_id}.json")
+    progress(f"results written to {path}")
+    return path
+
+
+def _check_quiet(config: BenchConfig) -> None:
+    """Say how busy the machine is before measuring (waiting for quiet when asked)."""
+    if config.wait_quiet_s > 0:
+        progress(f"waiting up to {config.wait_quiet_s:g} s for other processes to go quiet")
+        busy = hostload.wait_quiet(config.wait_quiet_s, BUSY_PCT)
+    else:
+        busy = hostload.busy_now()
+    if busy is not None:
+        warning = "; figures will be noisy" if busy >= BUSY_PCT else ""
+        progress(f"other processes use {busy:.0f}% of this machine's CPU{warning}")
+
+
+def _start_stack(scope: contextlib.ExitStack, root: Path) -> dict[str, Target]:
+    """Two servers (AOF everysec, and always for fsync mode) and the three web processes."""
+    progress("starting embedded Valkey: AOF everysec (main) and AOF always (fsync mode)")
+    everysec = scope.enter_context(stack.valkey(root / "valkey-everysec", "everysec"))
+    always = scope.enter_context(stack.valkey(root / "valkey-always", "always"))
+    apps = {
+        "baseline": (stack.BASELINE_FACTORY, everysec, stack.baseline_env(everysec.url, NAIVE_STREAM)),
+        "eventflow": (stack.EVENTFLOW_FACTORY, everysec, stack.eventflow_env(everysec.url, PREFIX, "fast")),
+        "eventflow-fsync": (stack.EVENTFLOW_FACTORY, always, stack.eventflow_env(always.url, PREFIX, "fsync")),
+    }
+    return {name: _start_web(scope, root, name, *spec) for name, spec in apps.items()}
+
+
+def _start_web(
+    scope: contextlib.ExitStack, root: Path, name: str, factory: str, server: EmbeddedServer, env: dict[str, str]
+) -> Target:
+    progress(f"starting {name} under granian ({factory})")
+    process = scope.enter_context(stack.web(name, factory, env, root))
+    headers = {"Content-Type": "application/json"}
+    if factory == stack.EVENTFLOW_FACTORY:
+        headers["Authorization"] = f"Bearer {stack.create_producer(server.url, PREFIX, payloads.SOURCE)}"
+    assert server.process is not None
+    return Target(process.url, headers, process.pid, server.process.pid, server.url)
+
+
+def _measure_rounds(targets: dict[str, Target], config: BenchConfig, tool: str, run_id: str) -> list[Row]:
+    """Every scenario `config.rounds` times, rounds one after the other; each row is its median round."""
+    rounds: dict[str, list[Row]] = {s.name: [] for s in SCENARIOS}
+    for n in range(config.rounds):
+        if config.rounds > 1:
+            progress(f"round {n + 1} of {config.rounds}")
+        for s in SCENARIOS:
+            rounds[s.name].append(_measure(s, targets[s.app], config, tool, f"{run_id}-r{n + 1}"))
+    return [_median(rounds[s.name]) for s in SCENARIOS]
+
+
+def _median(rows: list[Row]) -> Row:
+    if len(rows) == 1:
+        return rows[0]
+    ordered = sorted(rows, key=lambda row: row.events_s)
+    return dataclasses.replace(ordered[len(ordered) // 2], round_events_s=tuple(row.events_s for row in rows))
+
+
+def _measure(scenario: Scenario, target: Target, config: BenchConfig, tool: str, run_id: str) -> Row:
+    """Smoke-check one request, warm up, then one bounded load run (profiled when asked)."""
+    body = payloads.batch_body(config.batch_size) if scenario.batch else payloads.single_body(with_id=scenario.with_ids)
+    load = Load(url=target.url + scenario.path, body=body, headers=target.headers, connections=config.connections,
+                threads=config.threads, duration_s=config.duration_s, max_requests=config.max_requests,
+                id_placeholder=payloads.ID_PLACEHOLDER if scenario.with_ids else None)
+    if scenario.schema:
+        load = dataclasses.replace(load, body=payloads.checked(body))
+        stack.register_schema(target.redis_url, PREFIX, payloads.CHECKED_TYPE, payloads.CHECKED_SCHEMA)
+    _smoke(scenario.name, load)
+    progress(f"{scenario.name}: warm-up {config.warmup_s:g} s")
+    loadgen.run(tool, dataclasses.replace(load, duration_s=config.warmup_s))
+    time.sleep(SETTLE_S)
+    progress(f"{scenario.name}: measuring {config.duration_s:g} s, {config.connections} connections")
+    profiled = config.profile and scenario.app.startswith("eventflow")
+    raw = config.results_dir / f"profile-{run_id}-{scenario.name}.txt"
+    before = hostload.sample()
+    with _profiling(profiled, target.pid, raw):
+        result, core_pct = hostload.core_pct({"web": target.pid, "valkey": target.server_pid},
+                                             lambda: loadgen.run(tool, load))
+    other_cpu_pct = hostload.other_cpu_pct(before, hostload.sample())
+    time.sleep(SETTLE_S)
+    row = Row(name=scenario.name, app=scenario.app, events_per_request=config.batch_size if scenario.batch else 1,
+              connections=config.connections, profiled=profiled, other_cpu_pct=other_cpu_pct, core_pct=core_pct,
+              result=result)
+    progress(summary(row))
+    if profiled:
+        _print_profile(raw)
+    return row
+
+
+def _smoke(name: str, load: Load) -> None:
+    status, answer = stack.post_once(load.url, loadgen.request_body(load), load.headers)
+    if not 200 <= status < 300:
+        raise RuntimeError(f"{name}: {load.url} answered {status} to the benchmark body: {answer[:500]!r}")
+
+
+@contextlib.contextmanager
+def _profiling(enabled: bool, pid: int, raw: Path) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    if not profile.available():
+        raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    with profile.recording(pid, raw):
+        yield
+
+
+def _print_profile(raw: Path) -> None:
+    by_self = profile.render("hot spots by self time:", profile.hot_spots(raw, 12))
+    by_total = profile.render("hot spots by total time:", profile.hot_spots(raw, 20, by="total"))
+    print(f"{by_self}\n\n{by_total}\n(collapsed stacks: {raw})", flush=True)
+
+
+def _ratios(rows: list[Row]) -> tuple[list[Ratio], list[tuple[str, float, float]]]:
+    by_name = {row.name: row for row in rows}
+    ratios = [
+        Ratio(scenario=s.name, baseline=c.against, target=c.target,
+              ratio=by_name[s.name].events_s / max(by_name[c.against].events_s, 1e-9))
+        for s in SCENARIOS for c in s.compare
+    ]
+    minimums = [(s.name, by_name[s.name].events_s, s.min_events_s) for s in SCENARIOS if s.min_events_s]
+    return ratios, minimums
+
+
+def _results(
+    config: BenchConfig, info: dict[str, Any], rows: list[Row], memory: list[MemoryResult]
+) -> dict[str, Any]:
+    ratios, minimums = _ratios(rows)
+    return {
+        "benchmark": "ingest",
+        "run": info,
+        "config": dataclasses.asdict(config),
+        "scenarios": [{**dataclasses.asdict(row), "events_s": row.events_s} for row in rows],
+        "ratios": [{**dataclasses.asdict(r), "verdict": r.verdict} for r in ratios],
+        "absolute_targets": [{"scenario": n, "events_s": v, "minimum": m} for n, v, m in minimums],
+        "memory": [dataclasses.asdict(m) for m in memory],
+    }

@@ -1,0 +1,138 @@
+"""Output: progress lines while the benchmark runs, the final table, and the JSON results file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ops.bench.loadgen import LoadResult
+from ops.bench.memory import MemoryResult
+
+_STARTED = time.monotonic()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One measured scenario."""
+
+    name: str
+    app: str
+    events_per_request: int
+    connections: int
+    profiled: bool
+    other_cpu_pct: float | None  # CPU other processes on the machine used meanwhile (see hostload.py)
+    core_pct: dict[str, float | None]  # percent of one core: "web" (granian) and "valkey"
+    result: LoadResult
+    round_events_s: tuple[float, ...] = ()  # every round's events/s when there were several
+
+    @property
+    def events_s(self) -> float:
+        return self.result.requests_s * self.events_per_request
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ratio:
+    """A scenario's events/s over its baseline's, with the issue-6 target when there is one."""
+
+    scenario: str
+    baseline: str
+    ratio: float
+    target: float | None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        return _verdict(self.ratio >= self.target)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:6.1f}s] {message}", flush=True)
+
+
+def summary(row: Row) -> str:
+    r = row.result
+    errors = f"; ERRORS: {r.error_detail}" if r.errors else ""
+    return (f"{row.name}: {row.events_s:,.0f} events/s ({r.requests_s:,.0f} req/s), "
+            f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms{errors}")
+
+
+_COLUMNS = ("scenario", "events/req", "conns", "events/s", "req/s", "p50 ms", "p99 ms", "errors",
+            "web %core", "valkey %core", "other CPU %")
+# Beyond this share of the machine used by other processes, a row's ratios are not trustworthy.
+BUSY_PCT = 10.0
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The throughput and latency table (profiled rows are marked: py-spy slows them down)."""
+    cells = [_COLUMNS] + [
+        (row.name + (" (profiled)" if row.profiled else ""), str(row.events_per_request), str(row.connections),
+         f"{row.events_s:,.0f}", f"{row.result.requests_s:,.0f}", f"{row.result.p50_ms:.2f}",
+         f"{row.result.p99_ms:.2f}", str(row.result.errors), _pct(row.core_pct["web"]),
+         _pct(row.core_pct["valkey"]), _pct(row.other_cpu_pct))
+        for row in rows
+    ]
+    notes = [f"errors in {row.name}: {row.result.error_detail}" for row in rows if row.result.errors]
+    busy = [row.name for row in rows if (row.other_cpu_pct or 0) > BUSY_PCT]
+    if busy:
+        notes.append(f"other processes used over {BUSY_PCT:g}% of the machine during {', '.join(busy)}: "
+                     "those figures and their ratios are unreliable; rerun on a quiet machine")
+    return "\n".join([_grid(cells), *notes])
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def ratio_table(ratios: Sequence[Ratio], minimums: Sequence[tuple[str, float, float]]) -> str:
+    """Ratios against same-run baselines, then absolute targets as (scenario, events/s, minimum)."""
+    cells = [("EventFlow scenario", "against", "ratio", "target", "")]
+    cells += [(r.scenario, r.baseline, f"{r.ratio:.2f}x", f">= {r.target}x" if r.target else "-", r.verdict)
+              for r in ratios]
+    cells += [(name, "absolute events/s", f"{value:,.0f}", f">= {minimum:,.0f}", _verdict(value >= minimum))
+              for name, value, minimum in minimums]
+    return _grid(cells)
+
+
+def memory_table(results: Sequence[MemoryResult]) -> str:
+    """Server memory per event, EventFlow vs plain XADD, one column per kind of event."""
+    cells = [("server memory per event (bytes)", *(f"{r.kind} ({r.events:,})" for r in results))]
+    cells += [("plain XADD of the same entries", *(_bytes(r.plain_bytes_per_event) for r in results)),
+              ("EventFlow: log + indexes + id keys", *(_bytes(r.eventflow_bytes_per_event) for r in results)),
+              ("  index cost (EventFlow - plain)", *(_bytes(r.index_bytes_per_event) for r in results))]
+    cells += [(f"  EventFlow: {name}", *(_bytes(r.eventflow_by_key[name]) for r in results))
+              for name in results[0].eventflow_by_key]
+    return _grid(cells)
+
+
+def _bytes(value: float) -> str:
+    return f"{round(value):d}"  # never "-0"
+
+
+def _grid(cells: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(_align(i, cell, w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _align(column: int, cell: str, width: int) -> str:
+    """The first column reads as a label (left), the others as numbers (right)."""
+    return cell.ljust(width) if column == 0 else cell.rjust(width)
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    """Write `results` as indented JSON (dataclasses become objects, paths strings)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(results, enc_hook=str), indent=2) + b"\n")
+    return path
