@@ -22,6 +22,7 @@ import base64
 import binascii
 import datetime as dt
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -91,6 +92,9 @@ def parse_request(body: bytes, content_type: str | None, headers: Mapping[str, s
     )
 
 
+_NULL = msgspec.Raw(b"null")
+
+
 class _Plain(msgspec.Struct, forbid_unknown_fields=True):
     """The common shape (no extension attributes), decoded in one C call: the fast path."""
 
@@ -103,7 +107,7 @@ class _Plain(msgspec.Struct, forbid_unknown_fields=True):
     dataschema: str | None = None
     traceparent: str | None = None
     specversion: str | None = None
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = _NULL  # (msgspec cannot decode `Raw | None`: absent and null both end up here)
 
 
 _plain = msgspec.json.Decoder(_Plain)
@@ -122,7 +126,8 @@ def _from_plain(event: _Plain, pointer: str, structured: bool) -> Incoming | Non
             fields[name] = value
     if structured and event.specversion is None:
         return None
-    return _build(fields, event.data, None, {}, pointer, [])
+    data = None if bytes(event.data) == b"null" else event.data
+    return _build(fields, data, None, {}, pointer, [])
 
 
 def parse_structured(body: bytes, *, structured: bool = False, pointer: str = "") -> Incoming:
@@ -345,9 +350,15 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # -- enrichment and the log format --------------------------------------------------------------
 
 
+_clock: list[Any] = [-1, ""]  # (ms, its RFC 3339 text): requests within one millisecond share it
+
+
 def now_rfc3339() -> str:
-    now = dt.datetime.now(dt.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    ms = time.time_ns() // 1_000_000
+    if ms != _clock[0]:
+        seconds, millis = divmod(ms, 1000)
+        _clock[:] = [ms, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"]
+    return str(_clock[1])
 
 
 def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> list[bytes | str]:

@@ -28,7 +28,8 @@ def made_entry(event_id: str) -> tuple[int, str] | None:
 
 def new_traceparent() -> str:
     """Start a new sampled trace: version 00, random trace id and parent span id."""
-    return f"00-{os.urandom(16).hex()}-{new_span_id()}-01"
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def new_span_id() -> str:

@@ -32,6 +32,7 @@ from app.settings import Durability, Settings
 
 log = logging.getLogger("eventflow.store")
 
+FLUSHES_IN_FLIGHT = 2
 _MAX_EVENTS_PER_CALL = 1000  # keeps one script call short, so Redis never stalls for long
 _QUERY_BUDGET = 5000  # index entries one query script call may look at
 _MAX_QUERY_CALLS = 20
@@ -71,7 +72,8 @@ class EventLog:
         self.keys = Keys(settings.prefix, settings.partitions)
         self.scripts = Scripts(redis)
         self._queue: list[_Waiter] = []
-        self._flushing = False
+        self._scheduled = False
+        self._in_flight = 0
         self._window_ms = str(settings.idempotency_window_s * 1000)
         self._salt = secrets.randbits(32)  # distinguishes made event ids across deployments
         self.metrics = default_metrics()
@@ -79,37 +81,43 @@ class EventLog:
     # -- append ---------------------------------------------------------------------------------
     async def append(self, items: Sequence[Prepared], source: str) -> list[Appended]:
         """Append events (all or none per partition); resolves once they are durable."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Appended]] = loop.create_future()
+        future: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiter(items, future, source))
-        if not self._flushing:
-            self._flushing = True
-            loop.call_soon(self._start_flush)
+        self._schedule()
         return await future
 
+    def _schedule(self) -> None:
+        # A flush starts on the next loop tick, so appends issued in this tick share it. At most
+        # FLUSHES_IN_FLIGHT run at once: Python prepares the next while Redis runs the last.
+        if not self._scheduled and self._queue and self._in_flight < FLUSHES_IN_FLIGHT:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
     def _start_flush(self) -> None:
-        task = asyncio.ensure_future(self._flush_loop())
+        self._scheduled = False
+        if not self._queue:
+            return
+        waiters, self._queue = self._queue, []
+        self._in_flight += 1
+        task = asyncio.ensure_future(self._flush_and_answer(waiters))
         task.add_done_callback(_log_crash)
 
-    async def _flush_loop(self) -> None:
-        # One flush in flight at a time: requests arriving meanwhile share the next round trip.
+    async def _flush_and_answer(self, waiters: list[_Waiter]) -> None:
         try:
-            while self._queue:
-                waiters, self._queue = self._queue, []
-                try:
-                    results = await self._flush(waiters)
-                except BaseException as exc:
-                    for waiter in waiters:
-                        if not waiter.future.done():
-                            waiter.future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for waiter, result in zip(waiters, results, strict=True):
-                    if not waiter.future.done():
-                        waiter.future.set_result(result)
+            results = await self._flush(waiters)
+        except BaseException as exc:
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for waiter, result in zip(waiters, results, strict=True):
+                if not waiter.future.done():
+                    waiter.future.set_result(result)
         finally:
-            self._flushing = False
+            self._in_flight -= 1
+            self._schedule()
 
     async def _flush(self, waiters: list[_Waiter]) -> list[list[Appended]]:
         calls = self._calls(waiters)
