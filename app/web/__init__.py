@@ -66,8 +66,10 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
     )
 
 
-def create_app_from_env() -> Litestar:
-    """Entry point for granian (`--factory app.web:create_app_from_env`)."""
+def create_app_from_env() -> IngestFastPath:
+    """Entry point for granian (`--factory app.web:create_app_from_env`): the Litestar app behind
+    the ingest fast path, which answers producers before any of Litestar's per-request layers."""
     settings = Settings.from_env(os.environ)
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    return IngestFastPath(app, litestar=app)

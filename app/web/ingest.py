@@ -71,10 +71,15 @@ def _problem(path: str, exc: EventFlowError) -> Answer:
 
 
 class IngestFastPath:
-    """Outermost ASGI middleware answering the two ingest routes; everything else goes to Litestar."""
+    """ASGI middleware answering the two ingest routes; everything else goes to `app`.
 
-    def __init__(self, app: Any) -> None:
+    Inside Litestar (`create_app` lists it first) it finds the app state in the scope; granian runs
+    it outside Litestar altogether (`create_app_from_env` passes `litestar`), which also skips
+    Litestar's own per-request layers."""
+
+    def __init__(self, app: Any, litestar: Any = None) -> None:
         self.app = app
+        self.litestar = litestar
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path")
@@ -82,7 +87,7 @@ class IngestFastPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state = scope["app"].state
+        state = (self.litestar or scope["app"]).state
         svc: Services = state.services
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = await _read_body(receive, headers, svc.settings.max_body_bytes)

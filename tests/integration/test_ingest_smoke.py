@@ -48,3 +48,29 @@ async def test_a_made_event_id_is_a_uuid7_that_finds_its_entry_without_a_lookup_
     # A producer's own UUIDv7 that happens to decode to an entry is not mistaken for it.
     own = str(uuid.UUID(posted[0]["id"]))[:-8] + "00000000"
     assert (await client.get(f"/v1/events/{own}", headers=auth)).status_code == 404
+
+
+async def test_the_production_entry_point_answers_ingest_outside_litestar(
+    settings: Any, producer_key: str, monkeypatch: Any
+) -> None:
+    import httpx
+
+    from app.web import create_app_from_env
+    from app.web.ingest import IngestFastPath
+    from tests.conftest import running
+
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("EVENTFLOW_PREFIX", settings.prefix)
+    asgi = create_app_from_env()
+    assert isinstance(asgi, IngestFastPath)
+    async with running(asgi.litestar), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=asgi), base_url="http://testserver"
+    ) as c:
+        auth = {"Authorization": f"Bearer {producer_key}", **JSON}
+        posted = await c.post("/v1/events", content=b'{"type":"t","data":[1]}', headers=auth)
+        assert posted.status_code == 202, posted.text
+        assert posted.headers["x-content-type-options"] == "nosniff"
+        bad = await c.post("/v1/events/batch", content=b'[{"data":1}]', headers=auth)
+        assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "/events/0/type"
+        got = await c.get(f"/v1/events/{posted.json()['id']}", headers=auth)  # through Litestar
+        assert got.json()["event"]["data"] == [1]
