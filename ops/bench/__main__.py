@@ -19,7 +19,9 @@ def parser() -> argparse.ArgumentParser:
         "a table of events/s and p50/p99 latency, with ratios against the baselines of the same run. "
         "A JSON file of results goes to ops/bench/results/.",
     )
-    p.add_argument("benchmark", nargs="?", default="ingest", choices=["ingest"], help="what to measure")
+    p.add_argument("benchmark", nargs="?", default="ingest", choices=["ingest", "dispatch"],
+                   help="what to measure: ingest (HTTP, default) or dispatch (consumer throughput)")
+    p.add_argument("--events", type=int, help="dispatch: events in the log (default 200,000; quick 30,000)")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 s per load run, 1 s warm-up, fewer events")
     p.add_argument("--duration", type=float, help=f"seconds per load run (default {DEFAULTS.duration_s:g}; quick 3)")
     p.add_argument("--warmup", type=float, help=f"seconds of warm-up before each run (default {DEFAULTS.warmup_s:g})")
@@ -59,10 +61,15 @@ def _interrupt(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the servers and web processes we started
-    from ops.bench import ingest  # imported late so that --help works even without the app installed
+    from ops.bench import dispatch, ingest  # imported late: --help works even without the app installed
 
     try:
-        ingest.run(config_from(args))
+        if args.benchmark == "dispatch":
+            config = config_from(args)
+            events = args.events or (30_000 if args.quick else 200_000)
+            dispatch.run(events, config.rounds or 3, config.results_dir)
+        else:
+            ingest.run(config_from(args))
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f"benchmark stopped: {exc or 'interrupted'}", file=sys.stderr)
         return 1

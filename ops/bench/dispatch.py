@@ -1,0 +1,122 @@
+"""Dispatch benchmark: events/s through one EventFlow worker (no-op handler) against a raw
+XREADGROUP + XACK loop over the same log, in the same run.
+
+Both read the same pre-filled log with their own consumer group, so they do the same Redis work per
+event; the raw loop is the physical limit of a Python consumer (redis-py + hiredis, batches of 100,
+msgspec decode of the data). Rounds alternate between the two to spread the machine's noise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from app.connections import connect
+from app.embedded import EmbeddedServer
+from app.events import parse_batch
+from app.keys import Keys
+from app.service import Services
+from app.settings import Settings
+from consumers.base import Consumer, Delivery
+from consumers.runner import Runner
+from ops.bench.report import progress
+from ops.bench.runinfo import run_id
+
+BATCH = 100
+
+
+async def fill(services: Services, events: int) -> None:
+    body = msgspec.json.encode([{"type": "order.created", "data": {"order": n, "amount": 9.5}}
+                                for n in range(1000)])
+    for done in range(0, events, 1000):
+        await services.ingest(parse_batch(body, "application/json"), "bench", {})
+        if done and done % 50_000 == 0:
+            progress(f"filled {done:,} events")
+
+
+async def raw_loop(redis: Redis, stream: str, group: str, events: int) -> float:
+    """The baseline: what a hand-written consumer does at best."""
+    await redis.xgroup_create(stream, group, id="0")
+    decode = msgspec.json.Decoder().decode
+    seen = 0
+    started = time.perf_counter()
+    while seen < events:
+        reply = await redis.xreadgroup(group, "raw", {stream: ">"}, count=BATCH, block=1000)
+        if not reply:
+            break
+        entries = reply[0][1]
+        for _entry_id, fields in entries:
+            decode(fields[b"data"])
+        await redis.xack(stream, group, *(e for e, _ in entries))
+        seen += len(entries)
+    return seen / (time.perf_counter() - started)
+
+
+async def eventflow_worker(redis: Redis, settings: Settings, group: str, events: int) -> float:
+    """One EventFlow runner (the real consumer loop) with a handler that does nothing."""
+    seen = 0
+    done = asyncio.Event()
+
+    async def noop(delivery: Delivery) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= events:
+            done.set()
+
+    runner = Runner([Consumer(group, noop, batch_size=BATCH)], redis, settings, "bench")
+    started = time.perf_counter()
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(done.wait(), timeout=300)
+    elapsed = time.perf_counter() - started
+    runner.stop.set()
+    await task
+    return seen / elapsed
+
+
+async def measure(events: int, rounds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ef-bench-dispatch-") as tmp:
+        server = EmbeddedServer(Path(tmp) / "valkey").start()  # AOF on, appendfsync everysec
+        try:
+            settings = Settings(redis_url=server.url, prefix="bench")
+            redis = connect(settings)
+            progress(f"filling the log with {events:,} events")
+            await fill(Services(redis, settings), events)
+            stream = Keys(settings.prefix).stream(0)
+            results: dict[str, list[float]] = {"raw XREADGROUP + XACK loop": [], "EventFlow worker, no-op handler": []}
+            for n in range(rounds):
+                raw = await raw_loop(redis, stream, f"raw{n}", events)
+                results["raw XREADGROUP + XACK loop"].append(raw)
+                progress(f"round {n + 1}: raw loop {raw:,.0f} events/s")
+                ours = await eventflow_worker(redis, settings, f"eventflow{n}", events)
+                results["EventFlow worker, no-op handler"].append(ours)
+                progress(f"round {n + 1}: EventFlow worker {ours:,.0f} events/s")
+            await redis.aclose()
+        finally:
+            server.stop()
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    return {"events": events, "rounds": rounds, "batch": BATCH, "events_per_s": medians, "all": results}
+
+
+def run(events: int, rounds: int, results_dir: Path) -> dict[str, Any]:
+    out = asyncio.run(measure(events, rounds))
+    raw, ours = out["events_per_s"].values()
+    out["ratio"] = ours / raw
+    print()
+    print(f"{'scenario':34} {'events/s':>10}")
+    for name, value in out["events_per_s"].items():
+        print(f"{name:34} {value:>10,.0f}")
+    verdict = "met" if out["ratio"] >= 0.8 and ours >= 100_000 else "MISSED"
+    print(f"\nEventFlow worker / raw loop: {out['ratio']:.2f}x  (target >= 0.8x and >= 100,000 events/s: {verdict})")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"dispatch-{run_id()}.json"
+    path.write_text(json.dumps(out, indent=2))
+    progress(f"results written to {path}")
+    return out
