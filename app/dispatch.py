@@ -17,6 +17,7 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
+from app.connections import execute_packed
 from app.keys import Keys
 from app.scripts import Scripts
 from app.settings import Settings
@@ -162,10 +163,11 @@ class Dispatch:
         """Acknowledge handled deliveries (one XACK per stream)."""
         if not entries:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for (kind, partition), ids in _by_stream(entries).items():
-            pipe.xack(self.stream_key(kind, partition, group), group, *ids)
-        await pipe.execute()
+        commands = [("XACK", self.stream_key(kind, partition, group), group, *ids)
+                    for (kind, partition), ids in _by_stream(entries).items()]
+        for reply in await execute_packed(self.redis, commands):
+            if isinstance(reply, Exception):
+                raise reply
 
     async def _ack_ids(self, group: str, partition: int, ids: Iterable[tuple[str, str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)

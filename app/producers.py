@@ -1,25 +1,28 @@
 """Producers: registered event sources and their API keys.
 
 A producer's name is its CloudEvents `source`. Its key is shown once, at creation or rotation; only
-its SHA-256 is stored (keys carry 256 bits of entropy, so a slow hash adds nothing). Web processes
+its SHA-256 is stored (keys carry 256 bits of entropy, so a slow hash adds nothing). A producer may be
+limited to some event types (exact names or glob patterns): its key is then refused (403) for others. Web processes
 cache lookups for `EVENTFLOW_AUTH_CACHE_S` and drop the cache within 0.1 s of a change anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import logging
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
 from app.connections import redis_errors
-from app.errors import Conflict, FieldProblem, InvalidEvent, NotFound, Unauthorized
+from app.errors import Conflict, FieldProblem, Forbidden, InvalidEvent, NotFound, Unauthorized
 from app.keys import Keys
 from app.settings import Settings
 
@@ -39,6 +42,7 @@ class Producer(msgspec.Struct, kw_only=True):
     created_ms: int
     revoked_ms: int | None = None
     description: str = ""
+    types: list[str] = []  # event types (globs) this producer may send; empty: any
 
     @property
     def active(self) -> bool:
@@ -52,6 +56,7 @@ class ProducerView(msgspec.Struct, kw_only=True):
     created_ms: int
     revoked_ms: int | None
     description: str
+    types: list[str] = []
     events: int = 0
     last_seen_ms: int | None = None
 
@@ -65,6 +70,18 @@ class Issued(msgspec.Struct):
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_types(types: Sequence[str]) -> list[str]:
+    """Event type patterns a producer is limited to: 1-200 characters without spaces, at most 50."""
+    if len(types) > 50 or any(not t or len(t) > 200 or any(c.isspace() for c in t) for t in types):
+        raise InvalidEvent([FieldProblem("/types", "at most 50 event types or glob patterns, each 1-200 "
+                                                   "characters without spaces")])
+    return list(dict.fromkeys(types))
+
+
+def _matcher(types: Sequence[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{fnmatch.translate(t)})" for t in types)) if types else None
 
 
 def check_name(name: str) -> None:
@@ -86,11 +103,13 @@ class Producers:
         self._generation = 0  # bumped by forget(): a lookup that raced a change is not cached
         self._checking, self._checked_at, self._seen_change = False, 0.0, b""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._limits: dict[str, tuple[float, re.Pattern[str] | None]] = {}  # name -> (expiry, allowed types)
 
-    async def create(self, name: str, description: str = "") -> Issued:
+    async def create(self, name: str, description: str = "", types: Sequence[str] = ()) -> Issued:
         check_name(name)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        record = Producer(name=name, key_hash=hash_key(key), created_ms=_now_ms(), description=description)
+        record = Producer(name=name, key_hash=hash_key(key), created_ms=_now_ms(), description=description,
+                          types=check_types(types))
         async with redis_errors(self.settings):
             if not await self.redis.hsetnx(self.keys.producers, name, msgspec.json.encode(record)):
                 raise Conflict(f"producer {name!r} already exists (rotate its key or revoke it)")
@@ -122,6 +141,46 @@ class Producers:
         self._cache.clear()
         return (await self._views([revoked]))[0]
 
+    async def limit_types(self, name: str, types: Sequence[str]) -> ProducerView:
+        """Limit the producer's key to these event types (globs); none: any type. Takes effect in
+        every web process within CHANGE_CHECK_S."""
+        record = msgspec.structs.replace(await self._get(name), types=check_types(types))
+        async with redis_errors(self.settings):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self.keys.producers, name, msgspec.json.encode(record))
+            pipe.xadd(self.keys.producers_changed, {"producer": name}, maxlen=1000, approximate=True)
+            await pipe.execute()
+        self.forget()
+        return (await self._views([record]))[0]
+
+    async def check_types(self, source: str, types: Sequence[str]) -> None:
+        """Forbidden unless the producer may send every one of these event types."""
+        allowed = await self._allowed(source)
+        if allowed is None:
+            return
+        for n, event_type in enumerate(types):
+            if allowed.match(event_type) is None:
+                where = f"/events/{n}/type" if len(types) > 1 else "/type"
+                raise Forbidden(f"{where}: producer {source!r} may not send events of type {event_type!r}")
+
+    async def _allowed(self, name: str) -> re.Pattern[str] | None:
+        """The producer's type limit (None: any), cached like key lookups and dropped with them."""
+        now = time.monotonic()
+        cached = self._limits.get(name)
+        if cached is not None and cached[0] > now:
+            self._check_changes()
+            return cached[1]
+        generation = self._generation
+        async with redis_errors(self.settings):
+            raw = await self.redis.hget(self.keys.producers, name)
+        # No record: a source that ingest was called for directly (the CLI, tests), not through a key.
+        allowed = _matcher(msgspec.json.decode(raw, type=Producer).types) if raw is not None else None
+        if generation == self._generation:  # no change arrived meanwhile
+            if len(self._limits) > 10_000:
+                self._limits.clear()
+            self._limits[name] = (now + self.settings.auth_cache_s, allowed)
+        return allowed
+
     async def list(self) -> list[ProducerView]:
         async with redis_errors(self.settings):
             raw = await self.redis.hgetall(self.keys.producers)
@@ -146,7 +205,7 @@ class Producers:
             stats: list[dict[bytes, bytes]] = await pipe.execute()
         return [
             ProducerView(
-                name=r.name, created_ms=r.created_ms, revoked_ms=r.revoked_ms, description=r.description,
+                name=r.name, created_ms=r.created_ms, revoked_ms=r.revoked_ms, description=r.description, types=r.types,
                 events=int(s.get(b"events", 0)), last_seen_ms=_int_or_none(s.get(b"last_seen_ms")),
             )
             for r, s in zip(records, stats, strict=True)
@@ -197,6 +256,7 @@ class Producers:
     def forget(self, _name: Any = None) -> None:
         """Drop cached lookups (called when any producer changes)."""
         self._cache.clear()
+        self._limits.clear()
         self._generation += 1
 
     def _check_changes(self) -> None:
@@ -211,6 +271,11 @@ class Producers:
         task = asyncio.get_running_loop().create_task(self._look_for_changes())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Let a background change check finish (it holds a connection) before the client closes."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _look_for_changes(self) -> None:
         try:

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
-from hiredis import pack_command
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from app.connections import redis_errors
+from app.connections import execute_packed, redis_errors
 from app.errors import FieldProblem, InvalidEvent, NotFound, Unavailable
 from app.events import Record
 from app.ids import is_entry_id, made_entry
@@ -183,24 +182,7 @@ class EventLog:
         raise Unavailable("the log's index could not catch up with direct writes; try again")
 
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send commands as one pipeline, packed by hiredis (redis-py's asyncio packer is pure Python
-        and was 60% of a batch's client time); errors come back as values, like a pipeline's."""
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
-            results: list[Any] = []
-            for _ in commands:
-                try:
-                    results.append(await conn.read_response())
-                except rx.ResponseError as exc:
-                    results.append(exc)
-            return results
-        except BaseException:
-            await conn.disconnect()  # a half-read reply must never be read by the next user
-            raise
-        finally:
-            await pool.release(conn)
+        return await execute_packed(self.redis, commands)
 
     def _append_args(self, partition: int, items: Sequence[Prepared]) -> list[Any]:
         args: list[Any] = [

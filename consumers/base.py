@@ -103,13 +103,17 @@ def consumer(name: str, *, types: Sequence[str] = ("*",), **options: Any) -> Cal
 class Delivery:
     """One event handed to a handler: the CloudEvent, its place in the log, and the attempt."""
 
-    __slots__ = ("__dict__", "attempt", "group", "pending", "span_id")
+    __slots__ = ("__dict__", "attempt", "group", "pending")
 
     def __init__(self, pending: Pending, group: str, attempt: int) -> None:
         self.pending = pending
         self.group = group
         self.attempt = attempt
-        self.span_id = new_span_id()  # this attempt's span under the event's trace
+
+    @cached_property
+    def span_id(self) -> str:
+        """This attempt's span under the event's trace (made when first asked for)."""
+        return new_span_id()
 
     @property
     def entry_id(self) -> str:

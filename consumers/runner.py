@@ -58,7 +58,11 @@ class Outage:
         self.delay_s = min(5.0, self.delay_s * 2)
         return self.delay_s
 
-    def ok(self) -> None:
+    def ok(self, asked_at: float | None = None) -> None:
+        """Redis answered a request sent at `asked_at` (an answer to one sent before the outage began
+        says nothing about it ending)."""
+        if self.since is not None and asked_at is not None and asked_at < self.since:
+            return
         if self.since is not None:
             log.info("%s: Redis is back after %.1f s", self.what, time.monotonic() - self.since)
             self.since = None
@@ -96,6 +100,7 @@ class GroupLoop:
         self._next_retry_poll = 0.0  # monotonic time of the next routine look at the retry schedule
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
         self._next_reclaim = 0.0
+        self._wanted: dict[bytes, bool] = {}
         self.observers = observers or Observers(default_metrics(), ErrorTracker(dispatch.redis, dispatch.settings))
         self.tracer = self.observers.tracer
         self._bind_metrics(self.observers.metrics, consumer.name)
@@ -112,25 +117,24 @@ class GroupLoop:
         self._lost = m.lost_entries.labels(group)
 
     async def run(self) -> None:
-        group, batch = self.consumer.name, self.consumer.batch_size
+        group = self.consumer.name
         own = True  # first drain what this consumer name left pending before a restart
+        ahead: asyncio.Task[tuple[Claimed, float]] | None = None  # the next batch, read during this one
         while not self.stop.is_set():
             try:
                 if own:
-                    claimed = await self.dispatch.read(group, self.name, self.partition, batch, None, own=True)
+                    claimed, asked_at = await self._own(), time.monotonic()
                     own = bool(claimed.entries)
-                    for entry in claimed.entries:
-                        entry.deliveries = 2
                 else:
-                    claimed = await self._poll()
-                self.lost += claimed.lost
-                if claimed.lost:
-                    self._lost.inc(claimed.lost)
-                    log.error("%d pending entries were deleted or trimmed before delivery (lost)", claimed.lost,
-                              extra={"group": group, "partition": self.partition})
-                await self.handle(claimed.entries)
-                self.outage.ok()
+                    task, ahead = ahead, None
+                    claimed, asked_at = await task if task is not None else await self._timed_poll()
+                    if claimed.entries:
+                        ahead = asyncio.create_task(self._timed_poll())
+                self.outage.ok(asked_at)
+                await self._take(claimed)
             except asyncio.CancelledError:
+                if ahead is not None:
+                    ahead.cancel()
                 raise
             except Exception as exc:
                 if is_unavailable(exc):
@@ -138,6 +142,28 @@ class GroupLoop:
                 else:
                     log.exception("consumer loop error", extra={"group": group, "partition": self.partition})
                     await _sleep_unless(self.stop, 1.0)
+        if ahead is not None:  # already read: handle it within the shutdown grace, leave nothing pending
+            with contextlib.suppress(Exception):
+                await self._take((await ahead)[0])
+
+    async def _timed_poll(self) -> tuple[Claimed, float]:
+        asked_at = time.monotonic()
+        return await self._poll(), asked_at
+
+    async def _own(self) -> Claimed:
+        claimed = await self.dispatch.read(self.consumer.name, self.name, self.partition,
+                                           self.consumer.batch_size, None, own=True)
+        for entry in claimed.entries:
+            entry.deliveries = 2
+        return claimed
+
+    async def _take(self, claimed: Claimed) -> None:
+        self.lost += claimed.lost
+        if claimed.lost:
+            self._lost.inc(claimed.lost)
+            log.error("%d pending entries were deleted or trimmed before delivery (lost)", claimed.lost,
+                      extra={"group": self.consumer.name, "partition": self.partition})
+        await self.handle(claimed.entries)
 
     async def _poll(self) -> Claimed:
         now = time.monotonic()
@@ -202,6 +228,15 @@ class GroupLoop:
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 log.warning("lease renewal failed: %s", exc)
 
+    def _wants(self, event_type: bytes) -> bool:
+        """Consumer.wants, remembered per type (a log holds few distinct types; bounded anyway)."""
+        wanted = self._wanted.get(event_type)
+        if wanted is None:
+            if len(self._wanted) > 10_000:
+                self._wanted.clear()
+            wanted = self._wanted[event_type] = self.consumer.wants(event_type.decode(errors="replace"))
+        return wanted
+
     async def _lane(self, entries: Sequence[Pending], attempts: Sequence[int]) -> list[Pending]:
         acked = []
         for entry, attempt in zip(entries, attempts, strict=True):
@@ -212,7 +247,7 @@ class GroupLoop:
     async def _handle_one(self, entry: Pending, attempt: int) -> bool:
         """Run the handler once; True when the batch should ack the entry."""
         event_type = entry.fields.get(b"type")
-        if event_type is not None and not self.consumer.wants(event_type.decode(errors="replace")):
+        if event_type is not None and not self._wants(event_type):
             self._outcome["skipped"].n += 1
             return True  # not for this consumer: acknowledged without calling the handler
         delivery = Delivery(entry, self.consumer.name, attempt)

@@ -48,6 +48,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
             yield
         finally:
             await app.state.services.live.stop()
+            await app.state.services.producers.close()
             if redis is None:
                 await client.aclose()
 
