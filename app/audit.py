@@ -120,7 +120,7 @@ def check_line(line: bytes, prev: str | None, seq: int | None) -> tuple[str, int
     if hashlib.sha256(body).hexdigest() != claimed:
         raise _Bad("hash mismatch: the line was changed after it was written")
     try:
-        fields = _decode_any(body)
+        fields = _chain_fields(body)
     except msgspec.DecodeError:
         raise _Bad("not valid JSON") from None
     if not isinstance(fields, dict) or not isinstance(fields.get("seq"), int) or not isinstance(
@@ -133,6 +133,24 @@ def check_line(line: bytes, prev: str | None, seq: int | None) -> tuple[str, int
     if seq is not None and fields["seq"] != seq:
         raise _Bad(f"seq {fields['seq']}, expected {seq}")
     return claimed, fields["seq"], fields
+
+
+def _chain_fields(body: bytes) -> Any:
+    """A sealed line's JSON. Event data is copied verbatim, and a direct XADD (or an ingest that let it
+    through) may carry bytes that are not UTF-8, numbers beyond int64/double, or nesting deeper than
+    the decoder goes: the hash already vouches for the bytes, so read the chain's own fields past such
+    data instead of calling the line damaged (which also stopped the writer from reopening the log)."""
+    try:
+        return _decode_any(body)
+    except (UnicodeDecodeError, RecursionError, msgspec.ValidationError):  # ValidationError: number range
+        head, prev = _CHAIN_HEAD.match(body), _CHAIN_TAIL.search(body)
+        if head is None or prev is None:
+            raise msgspec.DecodeError("not valid UTF-8 JSON") from None
+        return {"seq": int(head[1]), "entry": head[2].decode(), "partition": int(head[3]), "prev": prev[1].decode()}
+
+
+_CHAIN_HEAD = re.compile(rb'^\{"seq":(\d+),"entry":"([0-9-]+)","partition":(\d+),')
+_CHAIN_TAIL = re.compile(rb',"prev":"([0-9a-f]{64})"\}$')
 
 
 def body_of(seq: int, prev: str, partition: int, entry_id: str, fields: Mapping[bytes, bytes], logged: str) -> bytes:

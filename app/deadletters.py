@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from app.errors import FieldProblem, InvalidEvent, NotFound
 from app.events import Record
+from app.ids import is_entry_id
 from app.keys import Keys
 from app.scripts import Scripts
 from app.settings import Settings
@@ -74,8 +75,10 @@ class DeadLetters:
 
     async def _scan(self, partition: int, flt: Filter, limit: int | None) -> Any:
         key = self.keys.dead_letters(partition)
-        hi = f"({flt.until_ms}-0" if flt.until_ms is not None else "+"
-        lo = f"{flt.since_ms}-0" if flt.since_ms is not None else "-"
+        bounds = _bounds(flt)
+        if bounds is None:
+            return
+        hi, lo = bounds
         yielded = 0
         while True:
             chunk = await self.redis.xrevrange(key, hi, lo, count=_SCAN_CHUNK)
@@ -91,7 +94,7 @@ class DeadLetters:
             hi = "(" + chunk[-1][0].decode()
 
     async def get(self, ident: str) -> DeadLetter:
-        partition, entry_id = _split(ident)
+        partition, entry_id = _split(ident, self.keys.partitions)
         got = await self.redis.xrange(self.keys.dead_letters(partition), entry_id, entry_id)
         if not got:
             raise NotFound(f"no dead letter {ident!r}")
@@ -100,14 +103,14 @@ class DeadLetters:
     async def replay(self, ids: list[str]) -> int:
         """Send dead letters back to the group they failed in (and only that group)."""
         total = 0
-        for partition, entry_ids in _by_partition(ids).items():
+        for partition, entry_ids in _by_partition(ids, self.keys.partitions).items():
             args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, *entry_ids]
             total += int(await self.scripts.replay_dead([self.keys.dead_letters(partition)], args))
         return total
 
     async def discard(self, ids: list[str]) -> int:
         total = 0
-        for partition, entry_ids in _by_partition(ids).items():
+        for partition, entry_ids in _by_partition(ids, self.keys.partitions).items():
             total += int(await self.redis.xdel(self.keys.dead_letters(partition), *entry_ids))
         return total
 
@@ -165,18 +168,34 @@ def _dead_letter(partition: int, entry_id: str, fields: dict[bytes, bytes]) -> D
     )
 
 
-def _split(ident: str) -> tuple[int, str]:
+def _bounds(flt: Filter) -> tuple[str, str] | None:
+    """XREVRANGE bounds for the filter's time range, None when no entry id can fall in it. Redis refuses
+    ids below 0 or above 2^64-1 and an exclusive "(0-0" (a 500 before), so clamp to what it accepts."""
+    until, since = flt.until_ms, flt.since_ms
+    if (until is not None and until <= 0) or (since is not None and since > _MAX_MS):
+        return None
+    hi = f"({until}-0" if until is not None and until <= _MAX_MS else "+"
+    lo = f"{since}-0" if since is not None and since > 0 else "-"
+    return hi, lo
+
+
+_MAX_MS = 2**64 - 1
+
+
+def _split(ident: str, partitions: int) -> tuple[int, str]:
+    # Checked here: Redis answers a malformed entry id with an error (a 500 before), and a partition
+    # beyond EVENTFLOW_PARTITIONS has no key at all.
     partition, sep, entry_id = ident.rpartition(":")
-    try:
-        return (int(partition) if sep else 0), entry_id
-    except ValueError:
-        raise InvalidEvent([FieldProblem("/id", "a dead-letter id looks like <partition>:<entry id>")]) from None
+    number = 0 if not sep else int(partition) if partition.isdigit() else -1
+    if not 0 <= number < partitions or not is_entry_id(entry_id):
+        raise InvalidEvent([FieldProblem("/id", "a dead-letter id looks like <partition>:<entry id>")])
+    return number, entry_id
 
 
-def _by_partition(ids: list[str]) -> dict[int, list[str]]:
+def _by_partition(ids: list[str], partitions: int) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for ident in ids:
-        partition, entry_id = _split(ident)
+        partition, entry_id = _split(ident, partitions)
         out.setdefault(partition, []).append(entry_id)
     return out
 

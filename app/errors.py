@@ -10,6 +10,7 @@
     ├── Forbidden              403, e.g. a body claiming another producer's source
     ├── NotFound               404
     ├── Conflict               409
+    ├── TooManyRequests        429, a producer over EVENTFLOW_PRODUCER_RATE_LIMIT (with retry_after_s)
     └── Unavailable            503, Redis unreachable, full, or durability wait timed out
 """
 
@@ -92,6 +93,15 @@ class NotFound(EventFlowError):
 class Conflict(EventFlowError):
     status = 409
     title = "Conflict"
+
+
+class TooManyRequests(EventFlowError):
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(EventFlowError):

@@ -49,8 +49,12 @@ def trace_id(traceparent: str) -> str:
 
 
 def is_entry_id(value: str) -> bool:
-    """True when `value` looks like a stream entry id (`<ms>-<seq>`)."""
-    return _ENTRY_ID.match(value) is not None
+    """True when `value` is a stream entry id Redis accepts: `<ms>-<seq>`, each part below 2^64
+    (a larger one passes the pattern and makes Redis answer an error)."""
+    return _ENTRY_ID.match(value) is not None and all(int(part) < _TWO_64 for part in value.split("-"))
+
+
+_TWO_64 = 2**64
 
 
 def entry_ms(entry_id: str) -> int:

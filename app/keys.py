@@ -82,6 +82,10 @@ class Keys:
         """Hash: producer name -> JSON record (hashed key, created, revoked...)."""
         return f"{self.prefix}:producers"
 
+    def rate_limit(self, producer: str) -> str:
+        """String: the producer's rate-limit state (app/lua/rate_limit.lua)."""
+        return f"{self.prefix}:rate:{producer}"
+
     @property
     def producer_keys(self) -> str:
         """Hash: sha256 of a producer key -> producer name."""

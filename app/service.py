@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 from redis.asyncio import Redis
 
+from app import ratelimit
 from app.connections import check_server, is_unavailable, redis_errors
 from app.deadletters import DeadLetters
 from app.errors import ConfigError, Forbidden, NotFound, PayloadTooLarge
@@ -19,7 +20,8 @@ from app.lifecycle import GroupState, Lifecycle
 from app.live import LiveHub
 from app.overview import Cached, GroupStatus, Overview, Throughput, build, group_statuses
 from app.producers import Producers
-from app.retention import Retention
+from app.retention import Holdback, Retention
+from app.retention import enabled as retention_enabled
 from app.schemas import Schemas
 from app.sessions import LoginThrottle, Sessions
 from app.settings import Settings
@@ -48,6 +50,7 @@ class Services:
         self.schemas = Schemas(redis, settings, self.log)
         self.retention = Retention(redis, settings, self.log)
         self.producers = Producers(redis, settings)
+        self.rate_limit = ratelimit.from_settings(redis, settings)  # None when EVENTFLOW_PRODUCER_RATE_LIMIT=0
         self.lifecycle = Lifecycle(redis, settings)
         self.dead_letters = DeadLetters(redis, settings)
         self.errors = ErrorTracker(redis, settings, reporter=reporter_from_settings(settings))
@@ -61,6 +64,7 @@ class Services:
         self.throughput = Throughput()
         self._groups = Cached(self._group_statuses)
         self._overview = Cached(self._build_overview)
+        self._retention = Cached(self.retention.status)
         self._server_checked = False
 
     async def start(self) -> None:
@@ -125,6 +129,7 @@ class Services:
             if event.source is not None and event.source != source:
                 where = f"/events/{n}/source" if len(events) > 1 else "/source"
                 raise Forbidden(f"{where}: this key belongs to producer {source!r}, not {event.source!r}")
+        await self._admit(events, source)
         traceparent = headers.get("traceparent")
         if traceparent is not None and not valid_traceparent(traceparent):
             traceparent = None
@@ -158,6 +163,12 @@ class Services:
         self.tracer.end_ingest(span, source, len(items))  # type: ignore[union-attr]
         return appended
 
+    async def _admit(self, events: Sequence[Incoming], source: str) -> None:
+        """The producer's own limits: the event types its key may send (403), and its rate (429)."""
+        await self.producers.check_types(source, [event.type for event in events])
+        if self.rate_limit is not None:
+            await self.rate_limit.take(source, len(events))
+
     async def error_groups(self, consumer: str | None = None, limit: int = 100) -> list[ErrorGroup]:
         """Failures grouped by (consumer, exception type, normalized message), latest first: the
         API's GET /v1/errors and the dashboard's Errors page."""
@@ -172,6 +183,13 @@ class Services:
     async def overview(self) -> Overview:
         """The overview page's numbers (cached for 1 s: many open dashboards, one set of reads)."""
         return await self._overview.get()
+
+    async def retention_held_back(self) -> list[Holdback]:
+        """The consumer groups holding retention back, per partition (cached for 1 s: the status
+        reads every partition); [] without a retention policy, at no cost."""
+        if not retention_enabled(self.settings):
+            return []
+        return (await self._retention.get()).held_back
 
     async def _group_statuses(self) -> list[GroupStatus]:
         async with redis_errors(self.settings):

@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
     idempotency_window_s: int = 86_400
+    producer_rate_limit: float = 0.0  # events per second per producer, shared by all web processes; 0: off
     port: int = 8000
     web_workers: int = 1
     data_dir: str = ".eventflow"
@@ -100,6 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.max_batch >= 1, "EVENTFLOW_MAX_BATCH must be at least 1"),
             (self.max_body_bytes >= 1024, "EVENTFLOW_MAX_BODY_BYTES must be at least 1024"),
             (self.idempotency_window_s >= 1, "EVENTFLOW_IDEMPOTENCY_WINDOW_S must be at least 1"),
+            (self.producer_rate_limit >= 0, "EVENTFLOW_PRODUCER_RATE_LIMIT must be 0 (off) or positive"),
             (self.redis_timeout_s > 0, "EVENTFLOW_REDIS_TIMEOUT_S must be positive"),
             (self.redis_max_connections >= 8, "EVENTFLOW_REDIS_MAX_CONNECTIONS must be at least 8"),
             # Checked here so the message names the variable (redis-py's own error does not); the
@@ -153,6 +155,7 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_MAX_BODY_BYTES": "max_body_bytes",
     "EVENTFLOW_MAX_BATCH": "max_batch",
     "EVENTFLOW_IDEMPOTENCY_WINDOW_S": "idempotency_window_s",
+    "EVENTFLOW_PRODUCER_RATE_LIMIT": "producer_rate_limit",
     "PORT": "port",
     "EVENTFLOW_WEB_WORKERS": "web_workers",
     "EVENTFLOW_DATA_DIR": "data_dir",

@@ -46,6 +46,8 @@ MAX_SERIES = 20  # series per chart; the rest are summed as OTHER
 OTHER = "(other)"
 DEAD_LETTER_SCAN = 1000  # newest dead letters read per partition to count them by group
 CACHE_S = 1.0  # many open dashboards asking the same question cost one read per second
+TYPE_WINDOW_S = 86_400  # the Types page counts one day: 1,440 minute hashes (a week would cost 7x)
+TYPE_CACHE_S = 30.0  # counts move by the minute; a day's read is worth keeping a little longer
 
 TOTAL = "n"
 _encode = msgspec.json.Encoder().encode
@@ -183,6 +185,14 @@ class Series(msgspec.Struct):
     dead_letters: DeadLetters
 
 
+class TypeCount(msgspec.Struct, kw_only=True):
+    """Events of one type stored within a window, and the start of the newest minute that had one."""
+
+    type: str
+    count: int
+    last_minute_ms: int
+
+
 class Stats:
     """The read side: series over a time range, limited to one source for producer keys."""
 
@@ -191,6 +201,7 @@ class Stats:
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
         self._cache: dict[tuple[Any, ...], tuple[float, Series]] = {}
+        self._types: tuple[float, list[TypeCount]] | None = None
 
     async def series(self, since_ms: int | None, until_ms: int | None, bucket_s: int, scope: str | None) -> Series:
         """Counts from `since_ms` (default: an hour before `until_ms`) to `until_ms` (default: now)."""
@@ -212,6 +223,33 @@ class Stats:
         if len(self._cache) > 256:
             self._cache.clear()
         self._cache[key] = (time.monotonic() + CACHE_S, result)
+        return result
+
+    @property
+    def type_window_s(self) -> int:
+        """How far back `type_counts` counts: TYPE_WINDOW_S, or the stats retention when shorter."""
+        return min(TYPE_WINDOW_S, self.settings.stats_retention_s)
+
+    async def type_counts(self) -> list[TypeCount]:
+        """Every event type counted over the last `type_window_s`, most events first. Unlike `series`,
+        no type is folded into "(other)". Cached for TYPE_CACHE_S."""
+        if self._types is not None and self._types[0] > time.monotonic():
+            return self._types[1]
+        newest = now_ms() // MINUTE_MS
+        minutes = list(range(newest - max(1, self.type_window_s // 60) + 1, newest + 1))
+        async with redis_errors(self.settings):
+            hashes = await self._read_minutes(minutes)
+        counts: collections.Counter[str] = collections.Counter()
+        last: dict[str, int] = {}
+        for minute, fields in zip(minutes, hashes, strict=True):  # oldest first: the last write wins
+            for name, n in fields.items():
+                if name.startswith(b"t:"):
+                    event_type = name[2:].decode(errors="replace")
+                    counts[event_type] += int(n)
+                    last[event_type] = minute * MINUTE_MS
+        result = [TypeCount(type=t, count=n, last_minute_ms=last[t]) for t, n in counts.items()]
+        result.sort(key=lambda c: (-c.count, c.type))
+        self._types = (time.monotonic() + TYPE_CACHE_S, result)
         return result
 
     async def _read_minutes(self, minutes: list[int]) -> list[dict[bytes, bytes]]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
 import msgspec
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -247,9 +248,12 @@ def _host_problem(host: str, allow_private: bool) -> str | None:
 
 
 def _valid_host_name(host: str) -> bool:
+    # IDNA 2008 as httpx applies it at delivery (the `idna` package): Python's own "idna" codec
+    # (IDNA 2003) maps full-width digits and circled letters to ASCII, so a full-width 127.0.0.1 or
+    # a circled "localhost" passed as names here and were stored, though no delivery could use them.
     try:
-        ascii_host = host.encode("idna").decode() if not host.isascii() else host
-    except UnicodeError:
+        ascii_host = idna.encode(host.lower()).decode() if not host.isascii() else host
+    except idna.IDNAError:
         return False
     return len(ascii_host) <= 253 and _HOST.fullmatch(ascii_host) is not None
 

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from app.connections import is_unavailable, unavailable
-from app.errors import EventFlowError, InvalidEvent, PayloadTooLarge, Unavailable
+from app.errors import EventFlowError, InvalidEvent, PayloadTooLarge, TooManyRequests, Unavailable
 from app.web.metrics import note_problem
 
 log = logging.getLogger("eventflow.web")
@@ -50,7 +50,7 @@ def _extra(exc: EventFlowError) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if isinstance(exc, InvalidEvent):
         extra["errors"] = [p.to_dict() for p in exc.problems]
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, Unavailable | TooManyRequests):
         extra["retry_after"] = exc.retry_after_s
     return extra
 

@@ -1,13 +1,18 @@
 """Every page renders as a product: screenshots of each (desktop and phone width) under
-test-artifacts/, and the overview, consumers and webhooks pages working end to end."""
+test-artifacts/, and the overview, consumers, webhooks, types and errors pages working end to end."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Stack, shot
+from app.keys import Keys
+from app.stats import MINUTE_MS
+from tests.browser.conftest import Stack, _run_cli, shot
 from tests.browser.test_dashboard_flows import register_producer
 
 
@@ -97,3 +102,86 @@ def test_producers_page(open_page: Any) -> None:
     page.goto("/producers")
     expect(page.locator('tr[data-producer="shop"]')).to_be_visible()
     shot(page, "producers")
+
+
+INVOICE_V1 = {"type": "object", "required": ["amount"], "properties": {"amount": {"type": "number", "minimum": 0}}}
+INVOICE_V2 = {**INVOICE_V1, "required": ["amount", "currency"],
+              "properties": {**INVOICE_V1["properties"], "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}}
+
+
+def _counted(stack: Stack, event_type: str) -> int:
+    """Events of a type the analytics consumer has counted in the last two minutes."""
+    minute = int(time.time() * 1000) // MINUTE_MS
+    keys = Keys(stack.prefix)
+    return sum(int(stack.redis.hget(keys.stats_minute(m), f"t:{event_type}") or 0) for m in (minute - 1, minute))
+
+
+def _caught_up(stack: Stack, group: str) -> bool:
+    groups = {g["name"].decode(): g for g in stack.redis.xinfo_groups(Keys(stack.prefix).stream(0))}
+    return groups[group]["lag"] == 0 and groups[group]["pending"] == 0
+
+
+def _dead_lettered(stack: Stack, event_id: str) -> bool:
+    newest = stack.redis.xrevrange(stack.dead_letters, count=20)
+    return any(fields.get(b"id") == event_id.encode() for _, fields in newest)
+
+
+def test_types_errors_and_the_event_trace(open_page: Any, stack: Stack, tmp_path: Path) -> None:
+    for version, schema in (("v1", INVOICE_V1), ("v2", INVOICE_V2)):
+        (tmp_path / f"{version}.json").write_text(json.dumps(schema))
+    _run_cli(stack.env, "types", "register", "invoice.paid", "--description", "An invoice was paid in full",
+             "--owner", "billing-team", "--mode", "warn", "--schema", str(tmp_path / "v1.json"), "--note", "first cut")
+    _run_cli(stack.env, "types", "add-version", "invoice.paid", str(tmp_path / "v2.json"),
+             "--note", "currency is required (ISO 4217)")
+    admin = open_page("admin")
+    key = register_producer(admin, "invoicing")
+    time.sleep(1.1)  # the web process picks up a changed registry within a second (app/schemas.py REFRESH_S)
+    for n in range(5):
+        stack.post_event(key, {"type": "invoice.paid", "data": {"amount": 100 + n, "currency": "EUR"}})
+    stack.post_event(key, {"type": "invoice.paid", "id": "inv-bad-1", "data": {"amount": -3}})
+    stack.wait(lambda: _caught_up(stack, "flaky"), "the flaky group to handle every event so far")
+    stack.redis.set(stack.key("broken"), "1")  # one failure in the flaky group, for the Errors page
+    try:
+        failed = stack.post_event(key, {"type": "invoice.voided", "id": "inv-void-7", "data": {"invoice": 7}})
+        stack.wait(lambda: _dead_lettered(stack, "inv-void-7"), "the dead letter")
+    finally:
+        stack.redis.delete(stack.key("broken"))
+    stack.wait(lambda: _counted(stack, "invoice.paid") == 6, "the analytics counts")
+
+    page = open_page("admin")
+    page.goto("/types")
+    expect(page.get_by_role("heading", name="Event types")).to_be_visible()
+    row = page.locator('tr[data-type="invoice.paid"]')
+    for text in ("An invoice was paid in full", "6", "v2", "2 versions", "warn", "flagged 1"):
+        expect(row).to_contain_text(text)
+    expect(page.locator('tr[data-type="invoice.voided"]')).to_contain_text("not registered")
+    recent = page.locator("section", has=page.get_by_role("heading", name="Recent validation failures"))
+    expect(recent).to_contain_text("/data/currency")
+    shot(page, "types")
+    row.get_by_role("link", name="invoice.paid").click()
+    expect(page.get_by_role("heading", name="invoice.paid")).to_be_visible()
+    expect(page.locator("details.version[open]")).to_contain_text('"currency"')
+    expect(page.locator("details.version")).to_have_count(2)
+    shot(page, "type")
+
+    page.goto("/errors")
+    expect(page.get_by_role("heading", name="Errors", exact=True)).to_be_visible()
+    group = page.locator("tr[data-error-group]", has_text="flaky")
+    expect(group).to_contain_text("payments API refused the request")
+    expect(group.locator("a.sample").first).to_have_text("inv-void-7")
+    shot(page, "errors")
+
+    page.goto("/dead-letters?group=flaky&type=invoice.voided")  # replay it: the trace gets a second span
+    page.locator("tr", has_text="invoice.voided").get_by_role("link", name="Replay").click()
+    page.get_by_role("button", name="Replay 1 dead letter").click()
+    page.goto("/errors")
+    page.locator("tr[data-error-group]", has_text="flaky").get_by_role("link", name="inv-void-7").click()
+    expect(page.locator('[data-group="flaky"]')).to_have_attribute("data-state", "succeeded")
+    trace = page.locator("section", has=page.get_by_role("heading", name="Trace"))
+    [(_, fields)] = stack.redis.xrange(Keys(stack.prefix).stream(failed["partition"]), failed["entry_id"],
+                                       failed["entry_id"])
+    expect(trace.locator("[data-trace-id]")).to_have_text(fields[b"traceparent"].decode()[3:35])
+    expect(trace.locator("tr.span-child")).to_have_count(2)
+    expect(trace).to_contain_text("dead-lettered")
+    expect(trace).to_contain_text("recorder")
+    shot(page, "event-trace")

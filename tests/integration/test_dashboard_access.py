@@ -205,7 +205,7 @@ async def test_a_cross_site_request_is_refused_even_with_a_token(make_client: Ma
 async def test_a_viewer_reads_every_page_but_the_confirmation_step(make_client: MakeClient) -> None:
     async with make_client() as client:
         await logged_in(client, *VIEWER)
-        for path in ("/", "/events", "/producers", "/consumers", "/dead-letters", "/webhooks"):
+        for path in ("/", "/events", "/types", "/producers", "/consumers", "/errors", "/dead-letters", "/webhooks"):
             resp = await client.get(path)
             assert resp.status_code == 200, path
             forms = re.findall(r'<form method="post" action="([^"]+)"', resp.text)

@@ -1,5 +1,5 @@
 """The dashboard's pure parts: display filters, the chart's geometry, form times, redirects, the
-client address behind a proxy, and the throughput estimate."""
+client address behind a proxy, the throughput estimate, retention hold-backs and event traces."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import msgspec
 import pytest
 from litestar.connection import ASGIConnection
 
+from app.dispatch import Attempt
+from app.lifecycle import GroupState
 from app.overview import GroupStatus, Throughput
+from app.retention import Holdback
+from app.service import EventDetail
 from app.settings import Settings
 from app.web.dashboard.auth import safe_next
 from app.web.dashboard.charts import _nice_ceiling, bar_chart
-from app.web.dashboard.pages import form_time
-from app.web.dashboard.render import ago, duration, fmt_time, number, pretty_data, render
+from app.web.dashboard.pages import form_time, held_groups, retention_policy
+from app.web.dashboard.render import ago, duration, fmt_time, minute_ago, number, period, pretty_data, render
+from app.web.dashboard.trace import trace_of
 from app.web.security import client_address, is_https, tokens_match
 
 NOW = 1_790_000_000_000
@@ -30,6 +35,11 @@ def test_times_and_durations_read_naturally() -> None:
     assert ago(None) == "never"
     assert [duration(v) for v in (None, 2.345, 42, 1500, 300_000)] == ["—", "2.3 ms", "42 ms", "1.5 s", "5 min"]
     assert number(1234567) == "1\u202f234\u202f567"
+    assert [period(s) for s in (0, 59.9, 60, 3599, 3600, 7500, 86_400, 90_000 + 59)] == [
+        "0 s", "59 s", "1 min", "59 min", "1 h", "2 h 5 min", "1 d", "1 d 1 h"]
+    minute = NOW // 60_000 * 60_000
+    assert minute_ago(minute, minute + 59_999) == "this minute"
+    assert minute_ago(minute - 60_000, minute + 1_000) == "1 min ago"
 
 
 def test_event_data_is_pretty_printed_as_text() -> None:
@@ -123,3 +133,44 @@ def test_throughput_is_the_change_in_deliveries_per_minute() -> None:
     for t in range(31, 400, 10):
         rate.add(_groups(a=160, b=30), now=float(t))
     assert rate.per_minute() == {"a": 0.0, "b": 0.0}  # old samples fall out of the window
+
+
+def _held(group: str, partition: int, overdue_s: float, excess: int, lag: int | None = 3) -> Holdback:
+    return Holdback(partition=partition, group=group, safe_point="1-0", pending=1, lag=lag, overdue_s=overdue_s,
+                    excess_entries=excess)
+
+
+def test_hold_backs_are_summed_per_group_worst_first() -> None:
+    held = held_groups([_held("slow", 0, 0.0, 10), _held("stuck", 0, 7200.0, 10), _held("slow", 1, 30.0, 5, None)])
+    assert [(g.group, g.partitions, g.overdue_s, g.excess_entries, g.pending, g.lag) for g in held] == [
+        ("stuck", [0], 7200.0, 10, 1, 3), ("slow", [0, 1], 30.0, 15, 2, None)]
+    assert held_groups([]) == []
+    assert retention_policy(Settings()) == ""
+    assert retention_policy(Settings(retention_s=7 * 86_400, retention_max_entries=100_000)) == (
+        "keep 7 d, at most 100\u202f000 entries per partition")
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _detail(traceparent: str | None, deliveries: list[GroupState]) -> EventDetail:
+    event = {"type": "t", "source": "s", "id": "i"} | ({"traceparent": traceparent} if traceparent else {})
+    return EventDetail(entry_id="1-0", partition=0, direct=False, event=event, deliveries=deliveries)
+
+
+def test_the_trace_lists_each_recorded_attempt_under_the_event_s_parent_span() -> None:
+    retried = GroupState(group="mail", state="succeeded", attempts=[
+        Attempt(attempt=1, outcome="failed", at_ms=1, consumer="w1", duration_ms=2.0, span_id="a" * 16),
+        Attempt(attempt=1, outcome="replayed", at_ms=2),  # a replay is not an attempt: no span
+        Attempt(attempt=2, outcome="succeeded", at_ms=3, consumer="w2", duration_ms=1.0, span_id="b" * 16)])
+    first_time = GroupState(group="ledger", state="succeeded")
+    waiting = GroupState(group="slow", state="pending")
+    trace = trace_of(_detail(TRACEPARENT, [first_time, retried, waiting]))
+    assert trace is not None
+    assert (trace.trace_id, trace.parent_span_id, trace.sampled) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True)
+    assert [(s.span_id, s.group, s.attempt, s.outcome) for s in trace.spans] == [
+        ("a" * 16, "mail", 1, "failed"), ("b" * 16, "mail", 2, "succeeded")]
+    assert trace.unrecorded == ["ledger"]
+    assert trace_of(_detail(None, [])) is None
+    assert trace_of(_detail("00-not-a-trace", [])) is None

@@ -14,7 +14,7 @@ from litestar.static_files import create_static_files_router
 from app.connections import is_unavailable, unavailable
 from app.errors import EventFlowError, Unavailable
 from app.web import sse
-from app.web.dashboard import auth, manage, pages, webhooks
+from app.web.dashboard import auth, errortrack, manage, pages, types, webhooks
 from app.web.dashboard.render import STATIC, AnyRequest, page
 
 log = logging.getLogger("eventflow.web.dashboard")
@@ -73,7 +73,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 # Pages link to /static/<file>?v=<content hash>, so a changed file gets a new URL.
 _CACHE = CacheControlHeader(public=True, max_age=31_536_000, immutable=True)
 
-HANDLERS = [*auth.ROUTES, *pages.ROUTES, *manage.ROUTES, *webhooks.ROUTES, *sse.ROUTES]
+HANDLERS = [*auth.ROUTES, *pages.ROUTES, *types.ROUTES, *errortrack.ROUTES, *manage.ROUTES, *webhooks.ROUTES,
+            *sse.ROUTES]
 
 
 def routers() -> list[Router]:

@@ -1,23 +1,27 @@
-"""Read-only pages: overview, events (list, search, detail) and consumers. Each handler asks the
-service layer for data, builds a view context with a function that the live partials share, and
-renders the page."""
+"""Read-only pages: overview, events (list, search, detail with its trace) and consumers. Each handler
+asks the service layer for data, builds a view context with a function that the live partials share,
+and renders the page."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import msgspec
 from litestar import Response, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
 from app.errors import FieldProblem, InvalidEvent, NotFound
 from app.events import parse_time
+from app.retention import Holdback
 from app.service import EventDetail, Services
+from app.settings import Settings
 from app.store import Query
 from app.web.api import services
 from app.web.dashboard import charts
-from app.web.dashboard.render import AnyRequest, event_url, page, query_url, render
+from app.web.dashboard.render import AnyRequest, event_url, number, page, period, query_url, render
+from app.web.dashboard.trace import trace_of
 
 PAGE_SIZE = 50
 _LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")  # <input type=datetime-local>
@@ -27,7 +31,41 @@ _LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")  #
 async def overview_context(svc: Services) -> dict[str, Any]:
     overview = await svc.overview()
     rate = await charts.event_rate(svc)
-    return {"overview": overview, "chart": rate}
+    held = held_groups(await svc.retention_held_back())
+    return {"overview": overview, "chart": rate, "held": held, "policy": retention_policy(svc.settings)}
+
+
+class HeldGroup(msgspec.Struct, kw_only=True):
+    """A consumer group holding retention back, over the partitions where it does."""
+
+    group: str
+    partitions: list[int]
+    overdue_s: float  # how far past the age limit the oldest entries it keeps are (the worst partition)
+    excess_entries: int  # entries over the size limit, summed over those partitions
+    pending: int
+    lag: int | None
+
+
+def held_groups(held: list[Holdback]) -> list[HeldGroup]:
+    """Per-partition hold-backs summed per group, the group holding back most first."""
+    out: dict[str, HeldGroup] = {}
+    for h in held:
+        g = out.setdefault(h.group, HeldGroup(group=h.group, partitions=[], overdue_s=0.0, excess_entries=0,
+                                              pending=0, lag=0))
+        g.partitions.append(h.partition)
+        g.overdue_s = max(g.overdue_s, h.overdue_s)
+        g.excess_entries += h.excess_entries
+        g.pending += h.pending
+        g.lag = None if g.lag is None or h.lag is None else g.lag + h.lag
+    return sorted(out.values(), key=lambda g: (-g.overdue_s, -g.excess_entries, g.group))
+
+
+def retention_policy(settings: Settings) -> str:
+    """`keep 7 d, at most 100 000 entries per partition`: the policy in words ("" when there is none)."""
+    parts = [f"keep {period(settings.retention_s)}"] if settings.retention_s else []
+    if settings.retention_max_entries:
+        parts.append(f"at most {number(settings.retention_max_entries)} entries per partition")
+    return ", ".join(parts)
 
 
 def overview_partial(context: dict[str, Any]) -> str:
@@ -94,11 +132,13 @@ def _problem_text(problem: FieldProblem) -> str:
 
 def lifecycle_context(detail: EventDetail) -> dict[str, Any]:
     terminal = {"succeeded", "dead-lettered", "skipped"}
-    return {"detail": detail, "settled": all(d.state in terminal for d in detail.deliveries)}
+    return {"detail": detail, "settled": all(d.state in terminal for d in detail.deliveries),
+            "trace": trace_of(detail)}
 
 
 def lifecycle_partial(detail: EventDetail) -> str:
-    return render("_lifecycle.html", **lifecycle_context(detail))
+    """The event page's live part: the lifecycle and the trace (both change as deliveries happen)."""
+    return render("_event_live.html", **lifecycle_context(detail))
 
 
 @get("/events/{ident:str}", include_in_schema=False)
@@ -114,7 +154,8 @@ async def event_page(request: AnyRequest, ident: FromPath[str]) -> Response[str]
 
 # -- consumers ------------------------------------------------------------------------------------
 async def consumers_context(svc: Services) -> dict[str, Any]:
-    return {"groups": await svc.consumer_groups(), "throughput": await charts.group_throughput(svc)}
+    held = {g.group: g for g in held_groups(await svc.retention_held_back())}
+    return {"groups": await svc.consumer_groups(), "throughput": await charts.group_throughput(svc), "held": held}
 
 
 def consumers_partial(context: dict[str, Any]) -> str:

@@ -54,6 +54,14 @@ def ago(ms: int | None, now_ms: int | None = None) -> str:
     return f"{delta_s} s ago"
 
 
+def minute_ago(ms: int | None, now_ms: int | None = None) -> str:
+    """When a per-minute count was last non-zero, to the minute: `this minute`, else like `ago`."""
+    now = now_ms or time.time_ns() // 1_000_000
+    if ms and ms // 60_000 == now // 60_000:
+        return "this minute"
+    return ago(ms, now)
+
+
 def duration(ms: float | int | None) -> str:
     if ms is None:
         return "—"
@@ -62,6 +70,18 @@ def duration(ms: float | int | None) -> str:
     if ms < 120_000:
         return f"{ms / 1000:.1f} s"
     return f"{ms / 60_000:.0f} min"
+
+
+def period(seconds: float | int) -> str:
+    """A length of time, two units at most: `45 s`, `12 min`, `2 h 5 min`, `3 d 4 h`."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    for unit, size, small, small_size in (("d", 86_400, "h", 3600), ("h", 3600, "min", 60)):
+        if s >= size:
+            rest = s % size // small_size
+            return f"{s // size} {unit}" + (f" {rest} {small}" if rest else "")
+    return f"{s // 60} min"
 
 
 def entry_ms(entry_id: str) -> int:
@@ -96,7 +116,8 @@ def state_tone(state: str) -> str:
 _TONES = {
     "succeeded": "ok", "active": "ok", "enabled": "ok", "ok": "ok", "admin": "accent",
     "pending": "info", "in-progress": "info", "replayed": "info", "viewer": "neutral",
-    "retrying": "warn", "failed": "warn", "max-attempts": "warn",
+    "retrying": "warn", "failed": "warn", "max-attempts": "warn", "flagged": "warn", "warn": "warn",
+    "enforce": "accent", "off": "muted", "rejected": "bad",
     "dead-lettered": "bad", "permanent": "bad", "invalid": "bad", "revoked": "bad", "disabled": "muted",
     "skipped": "muted",
 }
@@ -130,8 +151,8 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(time=fmt_time, iso=iso, ago=ago, duration=duration, entry_ms=entry_ms,
-                       pretty=pretty_data, number=number, tone=state_tone)
+    env.filters.update(time=fmt_time, iso=iso, ago=ago, duration=duration, period=period, minute_ago=minute_ago,
+                       entry_ms=entry_ms, pretty=pretty_data, number=number, tone=state_tone)
     env.globals.update(static_url=static_url, event_url=event_url, query_url=query_url, quote=quote)
     return env
 
