@@ -9,16 +9,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-_PRELUDE = "_index.lua"
+# Shared Lua helpers each script starts with (Redis scripts cannot import one another).
+_PRELUDES = {"append": "_index.lua", "catch_up": "_index.lua", "query": "_ids.lua", "trim": "_ids.lua"}
 
 
 @cache
 def source(name: str) -> str:
-    """The text of `app/lua/<name>.lua`, with the shared prelude for the log scripts."""
+    """The text of `app/lua/<name>.lua`, with its shared prelude."""
     folder = files("app") / "lua"
     text = (folder / f"{name}.lua").read_text()
-    if name in ("append", "catch_up"):
-        text = (folder / _PRELUDE).read_text() + "\n" + text
+    if name in _PRELUDES:
+        text = (folder / _PRELUDES[name]).read_text() + "\n" + text
     return text
 
 

@@ -12,17 +12,6 @@ local newest_first, budget = ARGV[5] == '1', tonumber(ARGV[6])
 local out = {''}
 local found = 0
 
-local function parse(id)
-  local ms, seq = string.match(id, '(%d+)-(%d+)')
-  return tonumber(ms), tonumber(seq)
-end
-
-local function less(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
-
 local function bare(bound) return (string.gsub(bound, '^%(', '')) end
 
 -- The tighter of a query bound and a run's edge.

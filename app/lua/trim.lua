@@ -12,17 +12,6 @@
 -- Returns {trim point used, group that held it back ('' = none), entries trimmed}.
 local stream = KEYS[1]
 
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
-local function less(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
-
 local function after(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return ms .. '-' .. tostring(tonumber(seq) + 1)
