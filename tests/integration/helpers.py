@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -23,3 +26,14 @@ def assert_problem(resp: httpx.Response, status: int, *pointers: str) -> dict[st
     if pointers:
         assert sorted(e["pointer"] for e in body["errors"]) == sorted(pointers), body
     return body
+
+
+async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Poll `check` (sync or async) until it is true; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")

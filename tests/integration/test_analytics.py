@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -23,7 +22,7 @@ from app.stats import MINUTE_MS, Stats, StatsWriter, now_ms
 from consumers import analytics
 from consumers.base import Delivery
 from consumers.runner import Runner
-from tests.integration.helpers import assert_problem
+from tests.integration.helpers import assert_problem, wait_for
 
 OPERATOR = {"Authorization": "Bearer operator-token"}
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -54,14 +53,6 @@ async def counted(redis: Redis, settings: Settings) -> int:
     series = await Stats(redis, settings).series(None, None, 60, None)  # a fresh reader: no cache
     return sum(series.total)
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def sums(series: dict[str, list[int]]) -> dict[str, int]:

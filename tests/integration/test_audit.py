@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
@@ -24,6 +23,7 @@ from app.settings import Settings
 from consumers import audit
 from consumers.base import Consumer, Delivery
 from consumers.runner import Runner
+from tests.integration.helpers import wait_for
 
 
 @pytest.fixture
@@ -56,15 +56,6 @@ async def deliveries(redis: Redis, settings: Settings) -> list[Delivery]:
 def logged_entries(folder: str | Path) -> list[str]:
     return [json.loads(line)["entry"] for path in log_files(Path(folder)) for line in path.read_bytes().splitlines()]
 
-
-async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 import httpx
@@ -21,6 +20,7 @@ from app.settings import Settings
 from consumers.base import Consumer, Delivery, Permanent
 from consumers.runner import Runner
 from tests.integration.dashboard_helpers import cheap_hashing, logged_in  # noqa: F401
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("cheap_hashing")
 
@@ -38,14 +38,6 @@ async def post(services: Services, body: str, source: str = "billing") -> str:
     events, _ = parse_request(body.encode(), "application/json", {})
     return (await services.ingest(events, source, {}))[0].entry_id
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from app.service import Services
 from app.settings import Settings
 from consumers.base import Backoff, Consumer, Delivery, Permanent, Retry
 from consumers.runner import Runner
+from tests.integration.helpers import wait_for
 
 Handler = Callable[[Delivery], Awaitable[Any]]
 
@@ -42,14 +43,6 @@ async def run_consumers(redis: Redis, settings: Settings) -> AsyncIterator[Calla
         runner.stop.set()
         await asyncio.wait_for(task, 10)
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def test_poison_event_is_dead_lettered_after_max_attempts_on_the_backoff_schedule(

@@ -36,6 +36,7 @@ from app.web import create_app
 from consumers.base import Consumer, Delivery
 from consumers.runner import Observers, Runner
 from tests.conftest import running
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +68,6 @@ async def app_client(settings: Settings, **changes: Any) -> AsyncIterator[tuple[
     async with running(app), httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield app, client
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # -- /metrics on the API port and the internal port ----------------------------------------------------

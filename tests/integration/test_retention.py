@@ -10,7 +10,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from app.settings import Settings
 from app.store import Query
 from consumers.base import Consumer, Delivery, Retry
 from consumers.runner import Runner
+from tests.integration.helpers import wait_for
 
 TYPES = ["a", "b", "c"]
 SOURCES = ["s1", "s2"]
@@ -51,14 +52,6 @@ async def run_consumers(redis: Redis) -> AsyncIterator[Callable[..., Runner]]:
         runner.stop.set()
         await asyncio.wait_for(task, 10)
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def ingest(services: Services, n: int, kind: str = "order.created") -> list[str]:
