@@ -216,7 +216,10 @@ def _shape_problem(url: str) -> str | None:
         return f"longer than {MAX_URL} characters"
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         return "must not contain spaces or control characters"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed "[" (urlsplit raises; it was a 500)
+        return "is not a valid URL"
     if parts.scheme.lower() not in ("http", "https"):
         return "must be an http:// or https:// URL"
     try:
