@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,7 +10,8 @@ from typing import Any
 
 from hiredis import pack_command
 from redis import exceptions as rx
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -19,11 +21,26 @@ from app.settings import Durability, Settings
 log = logging.getLogger("eventflow.redis")
 
 # Failures that mean "Redis cannot take this write now": the caller gets 503 + Retry-After.
-UNAVAILABLE_ERRORS = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, rx.ReadOnlyError)
+# (On a cluster: a slot whose primary is down or unknown, or the cluster reconfiguring.)
+UNAVAILABLE_ERRORS = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, rx.ReadOnlyError,
+                      rx.ClusterError, rx.SlotNotCoveredError, rx.TryAgainError)
+
+# Where the first key of a command sent through execute_packed sits (1 unless listed).
+_KEY_AT = {"EVALSHA": 3, "EVAL": 3}
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, but a timeout is not retried: a stalled node is waited for once,
+    then the caller answers 503 (only a dropped connection, or a cluster reconfiguring, is retried)."""
+
+    ERRORS_ALLOW_RETRY = (rx.ConnectionError, rx.ClusterDownError, rx.SlotNotCoveredError)
 
 
 def connect(settings: Settings, **overrides: Any) -> Redis:
-    """A client for `REDIS_URL` with bounded timeouts, so a stalled server turns into a 503."""
+    """A client for `REDIS_URL` with bounded timeouts, so a stalled server turns into a 503.
+
+    With a cluster URL (`redis+cluster://`, or EVENTFLOW_REDIS_CLUSTER) it is redis-py's
+    `RedisCluster`, which speaks the same commands; every key EventFlow uses together shares a slot."""
     if not settings.redis_url:
         raise ConfigError("REDIS_URL is not set (the dev command starts an embedded server instead)")
     options: dict[str, Any] = {
@@ -33,23 +50,60 @@ def connect(settings: Settings, **overrides: Any) -> Redis:
         # restarted is replaced before a command (an append above all) is sent on it.
         "health_check_interval": 1,
         "client_name": "eventflow",
-        # A burst wider than the pool waits for a connection (up to the timeout) instead of failing.
         "max_connections": settings.redis_max_connections,
-        "timeout": settings.redis_timeout_s,
-        # The health check's PING may find a dead connection: reconnect once. (Commands sent through
-        # execute_packed are never resent, so a lost reply can never append an event twice.)
-        "retry": Retry(NoBackoff(), 1),
-        "retry_on_error": [rx.ConnectionError],
+        # A dropped connection is retried once; a timeout is not (a stalled server would be waited
+        # for twice before the 503). Commands sent through execute_packed are never resent, so a
+        # lost reply can never append an event twice.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(rx.ConnectionError,)),
     }
-    options.update(overrides)
+    if settings.cluster:
+        options.update(overrides)
+        return _connect_cluster(settings.redis_cluster_url() or "", options)  # type: ignore[return-value]
+    # A burst wider than the pool waits for a connection (up to the timeout) instead of failing.
+    options.update(timeout=settings.redis_timeout_s, retry_on_error=[rx.ConnectionError], **overrides)
     return Redis.from_pool(BlockingConnectionPool.from_url(settings.redis_url, **options))  # owns and closes it
+
+
+def _connect_cluster(url: str, options: dict[str, Any]) -> RedisCluster:
+    """`redis+cluster://[user:password@]host:port[,host:port...][/0]`: every listed node is a seed."""
+    scheme, _, rest = url.partition("+cluster://")
+    credentials, at, hosts = rest.rpartition("@")
+    hosts, sep, tail = hosts.partition("/")
+    seeds = [seed.rpartition(":") for seed in hosts.split(",")]
+    first = f"{scheme}://{credentials}{at}{seeds[0][0]}:{seeds[0][2] or 6379}{sep}{tail}"
+    others = [ClusterNode(host, int(port or 6379)) for host, _, port in seeds[1:]]
+    # Slots of a primary that is down are simply unavailable; the others keep working.
+    return _Cluster.from_url(first, startup_nodes=others, require_full_coverage=False, **options)
 
 
 async def execute_packed(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send commands as one pipeline, packed by hiredis (redis-py's asyncio packer is pure Python and
-    was 60% of a batch append's client time); errors come back as values, like a pipeline's."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()
+    was 60% of a batch append's client time); errors come back as values, like a pipeline's.
+
+    On a cluster the commands are split by the node that holds each one's key (all of a command's
+    keys must share a slot), one pipeline per node, sent concurrently; a node that fails turns its
+    commands' results into that error, the other nodes' results are unaffected."""
+    if isinstance(redis, RedisCluster):
+        return (await _packed_on_nodes(redis, commands, None))[0]
+    return await _packed_on(redis.connection_pool, commands)
+
+
+async def execute_waited(
+    redis: Redis, commands: list[tuple[Any, ...]], wait: tuple[Any, ...]
+) -> tuple[list[Any], list[Any]]:
+    """`execute_packed`, then `wait` (WAIT or WAITAOF) on the same connection of every node the
+    commands went to, so it waits for exactly those writes. Returns the results, and for each
+    command the reply of the wait on its node."""
+    if isinstance(redis, RedisCluster):
+        return await _packed_on_nodes(redis, commands, wait)
+    results = await _packed_on(redis.connection_pool, [*commands, wait])
+    return results[:-1], [results[-1]] * len(commands)
+
+
+async def _packed_on(pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """One pipeline on one connection of a pool (a Redis pool or a cluster node)."""
+    cluster_node = isinstance(pool, ClusterNode)
+    conn = pool.acquire_connection() if cluster_node else await pool.get_connection()
     try:
         await conn.send_packed_command(b"".join(map(pack_command, commands)))
         results: list[Any] = []
@@ -63,7 +117,54 @@ async def execute_packed(redis: Redis, commands: list[tuple[Any, ...]]) -> list[
         await conn.disconnect()  # a half-read reply must never be read by the next user
         raise
     finally:
-        await pool.release(conn)
+        if cluster_node:
+            pool.release(conn)
+        else:
+            await pool.release(conn)
+
+
+async def _packed_on_nodes(
+    redis: RedisCluster, commands: list[tuple[Any, ...]], wait: tuple[Any, ...] | None
+) -> tuple[list[Any], list[Any]]:
+    results: list[Any] = [None] * len(commands)
+    waits: list[Any] = [None] * len(commands)
+    todo = list(range(len(commands)))
+    for _attempt in range(3):
+        await redis.initialize()  # a no-op unless the client saw the cluster change
+        by_node: dict[ClusterNode, list[int]] = {}
+        for i in todo:
+            try:
+                by_node.setdefault(redis.get_node_from_key(_key_of(commands[i])), []).append(i)
+            except rx.SlotNotCoveredError as exc:
+                results[i] = waits[i] = exc
+        nodes = list(by_node)
+        replies = await asyncio.gather(
+            *(_packed_on(node, [commands[i] for i in by_node[node]] + ([wait] if wait else [])) for node in nodes),
+            return_exceptions=True,
+        )
+        moved: list[int] = []
+        for node, reply in zip(nodes, replies, strict=True):
+            indexes = by_node[node]
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, Exception):
+                    raise reply
+                for i in indexes:
+                    results[i] = waits[i] = reply
+                continue
+            for i, result in zip(indexes, reply, strict=False):
+                results[i], waits[i] = result, reply[-1] if wait else None
+                if isinstance(result, rx.AskError):  # MOVED or ASK: it did not run; send it again
+                    moved.append(i)
+        if not moved:
+            break
+        await redis.aclose()  # re-read the slot table on the next initialize()
+        todo = moved
+    return results, waits
+
+
+def _key_of(command: tuple[Any, ...]) -> Any:
+    name = command[0].upper() if isinstance(command[0], str) else command[0].decode().upper()
+    return command[_KEY_AT.get(name, 1)]
 
 
 def unavailable(exc: BaseException, settings: Settings) -> Unavailable:
@@ -101,32 +202,48 @@ async def redis_errors(settings: Settings) -> AsyncIterator[None]:
 
 
 async def check_server(redis: Redis, settings: Settings) -> None:
-    """Fail at start-up when the server cannot honour EVENTFLOW_DURABILITY."""
+    """Fail at start-up when the server (on a cluster: every primary) cannot honour EVENTFLOW_DURABILITY."""
     if settings.durability is Durability.FAST:
         return
-    if settings.durability is Durability.FSYNC:
-        config = await _config(redis, "appendonly", "appendfsync")
-        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+    for node in _primaries(redis):
+        if settings.durability is Durability.FSYNC:
+            config = await _config(redis, node, "appendonly", "appendfsync")
+            if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+                raise ConfigError(
+                    "EVENTFLOW_DURABILITY=fsync needs a server with `appendonly yes` and "
+                    f"`appendfsync always` ({_where(node)}has appendonly={config.get('appendonly')}, "
+                    f"appendfsync={config.get('appendfsync')}). WAITAOF alone is not trusted: some "
+                    "servers answer it before the fsync under everysec (redis/redis#13793)."
+                )
+            continue
+        info = await _on(redis, node, "INFO", "replication")
+        if int(info.get("connected_slaves", 0)) < 1:
             raise ConfigError(
-                "EVENTFLOW_DURABILITY=fsync needs a server with `appendonly yes` and "
-                f"`appendfsync always` (this one has appendonly={config.get('appendonly')}, "
-                f"appendfsync={config.get('appendfsync')}). WAITAOF alone is not trusted: some "
-                "servers answer it before the fsync under everysec (redis/redis#13793)."
+                "EVENTFLOW_DURABILITY=replica needs a primary with at least one connected replica "
+                f"({_where(node)}reports {info.get('connected_slaves', 0)})"
             )
-        return
-    info = await redis.info("replication")
-    if int(info.get("connected_slaves", 0)) < 1:
-        raise ConfigError(
-            "EVENTFLOW_DURABILITY=replica needs a primary with at least one connected replica "
-            f"(this server reports {info.get('connected_slaves', 0)})"
-        )
 
 
-async def _config(redis: Redis, *names: str) -> dict[str, str]:
+def _primaries(redis: Redis) -> list[ClusterNode | None]:
+    """Where to check the server's configuration: every primary of a cluster, or the one server."""
+    return list(redis.get_primaries()) if isinstance(redis, RedisCluster) else [None]
+
+
+async def _on(redis: Redis, node: ClusterNode | None, *command: Any) -> Any:
+    if node is None:
+        return await redis.execute_command(*command)
+    return await redis.execute_command(*command, target_nodes=node)  # type: ignore[call-arg]
+
+
+def _where(node: ClusterNode | None) -> str:
+    return "this server " if node is None else f"the cluster primary {node.name} "
+
+
+async def _config(redis: Redis, node: ClusterNode | None, *names: str) -> dict[str, str]:
     try:
         out: dict[str, str] = {}
         for name in names:
-            got = await redis.config_get(name)
+            got = await _on(redis, node, "CONFIG GET", name)
             out.update({_s(k): _s(v) for k, v in got.items()})
         return out
     except rx.ResponseError as exc:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from app.errors import ConfigError
 
@@ -40,6 +41,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_below(limit: int) -> int:
+    """A free port below `limit` (Valkey refuses a cluster node port whose bus port would pass 65535)."""
+    while (port := free_port()) >= limit:
+        pass
+    return port
 
 
 class EmbeddedServer:
@@ -139,3 +147,96 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class EmbeddedCluster:
+    """A Valkey Cluster of `primaries` embedded servers on loopback (no replicas), formed with
+    CLUSTER ADDSLOTSRANGE and CLUSTER MEET. `cluster-require-full-coverage no`: a stopped primary
+    makes only its own slots unavailable. `url` is the `redis+cluster://` URL EventFlow takes."""
+
+    SLOTS = 16384
+
+    def __init__(self, data_dir: str | Path, *, primaries: int = 3, node_timeout_ms: int = 2000) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        extra = {
+            "cluster-enabled": "yes",
+            "cluster-config-file": "nodes.conf",
+            "cluster-node-timeout": str(node_timeout_ms),
+            "cluster-require-full-coverage": "no",
+            "cluster-allow-reads-when-down": "no",
+        }
+        # The bus port must be free too (by default it is the port + 10000, which may be taken or too high).
+        self.nodes = [EmbeddedServer(self.data_dir / f"node{n}", port=_port_below(55536),
+                                     extra={**extra, "cluster-port": str(_port_below(65536))})
+                      for n in range(primaries)]
+
+    @property
+    def url(self) -> str:
+        """Every node as a seed, so the client starts even when one of them is down."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedCluster:
+        for node in self.nodes:
+            node.start(timeout_s)
+        if not (self.data_dir / "node0" / "formed").exists():  # a restart keeps nodes.conf
+            self._form()
+        self.wait_ok(timeout_s)
+        return self
+
+    def _form(self) -> None:
+        import redis  # the sync client: forming a cluster happens once, before any event loop
+
+        per_node = self.SLOTS // len(self.nodes)
+        for n, node in enumerate(self.nodes):
+            first = n * per_node
+            last = self.SLOTS - 1 if n == len(self.nodes) - 1 else first + per_node - 1
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        with redis.Redis(port=self.nodes[0].port) as client:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.config["cluster-port"])
+        (self.data_dir / "node0" / "formed").write_text("")
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every running node says `cluster_state:ok` and knows every slot's owner."""
+        import redis
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._node_ok(redis, node) for node in self.nodes if node.process and node.process.poll() is None):
+                return
+            time.sleep(0.05)
+        raise ConfigError(f"the embedded cluster did not reach cluster_state:ok in {timeout_s} s")
+
+    def _node_ok(self, redis: Any, node: EmbeddedServer) -> bool:
+        try:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                info = dict(line.split(":", 1) for line in client.execute_command("CLUSTER", "INFO").decode().split())
+        except Exception:  # noqa: BLE001 - not ready yet
+            return False
+        return (info.get("cluster_state") == "ok" and info.get("cluster_slots_assigned") == str(self.SLOTS)
+                and info.get("cluster_known_nodes") == str(len(self.nodes)))
+
+    def node_of(self, port: int) -> EmbeddedServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def pause(self, node: EmbeddedServer) -> None:
+        """SIGSTOP: the node hangs without closing its connections (the harder outage)."""
+        assert node.process is not None
+        node.process.send_signal(signal.SIGSTOP)
+
+    def resume(self, node: EmbeddedServer) -> None:
+        assert node.process is not None
+        node.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM
+            node.stop()
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -27,6 +27,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Runtime configuration. Build it with `Settings.from_env(os.environ)`."""
 
     redis_url: str | None = None
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis/Valkey Cluster (or: a +cluster scheme)
     prefix: str = "eventflow"
     partitions: int = 1
     durability: Durability = Durability.FAST
@@ -106,8 +107,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.redis_max_connections >= 8, "EVENTFLOW_REDIS_MAX_CONNECTIONS must be at least 8"),
             # Checked here so the message names the variable (redis-py's own error does not); the
             # value itself is not echoed, it may carry a password.
-            (self.redis_url is None or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
-             "REDIS_URL must start with redis://, rediss:// or unix://"),
+            (self.redis_url is None or self.redis_url.startswith(_URL_SCHEMES),
+             "REDIS_URL must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"),
+            (not (self.cluster and (self.redis_url or "").startswith("unix://")),
+             "REDIS_URL: a cluster is reached over TCP (redis+cluster:// or rediss+cluster://), not unix://"),
             (self.log_format in ("json", "text"), "EVENTFLOW_LOG_FORMAT must be json or text"),
             (bool(self.prefix) and "{" not in self.prefix and "}" not in self.prefix,
              "EVENTFLOW_PREFIX must be non-empty and contain no braces"),
@@ -137,6 +140,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if not ok:
                 raise ConfigError(message)
 
+    @property
+    def cluster(self) -> bool:
+        """Whether REDIS_URL points at a cluster: a `redis+cluster://` or `rediss+cluster://` URL, or
+        EVENTFLOW_REDIS_CLUSTER with a plain one (a URL handed over by a platform, unchanged)."""
+        return self.redis_cluster or "+cluster://" in (self.redis_url or "")
+
+    def redis_cluster_url(self) -> str | None:
+        """REDIS_URL in the `+cluster` form connect() reads (None when not a cluster)."""
+        url = self.redis_url
+        if not self.cluster or url is None:
+            return None
+        return url if "+cluster://" in url else url.replace("://", "+cluster://", 1)
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the dev command use it)."""
         return msgspec.structs.replace(self, **changes)
@@ -145,6 +161,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 #: Environment variable -> Settings field. The README table documents each one.
 ENV_VARS: dict[str, str] = {
     "REDIS_URL": "redis_url",
+    "EVENTFLOW_REDIS_CLUSTER": "redis_cluster",
     "EVENTFLOW_PREFIX": "prefix",
     "EVENTFLOW_PARTITIONS": "partitions",
     "EVENTFLOW_DURABILITY": "durability",
@@ -191,5 +208,7 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_RETENTION_INTERVAL_S": "retention_interval_s",
     "EVENTFLOW_ARCHIVE_PATH": "archive_path",
 }
+
+_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 _VAR_OF = {field: var for var, field in ENV_VARS.items()}

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 
 import msgspec
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
-from app.connections import execute_packed, redis_errors
+from app.connections import execute_packed, execute_waited, is_unavailable, redis_errors, unavailable
 from app.errors import FieldProblem, InvalidEvent, NotFound, Unavailable
 from app.events import Record
 from app.ids import is_entry_id, made_entry
@@ -75,6 +75,7 @@ class EventLog:
         self._in_flight = 0
         self._window_ms = str(settings.idempotency_window_s * 1000)
         self._salt = secrets.randbits(32)  # distinguishes made event ids across deployments
+        self.cluster = isinstance(redis, RedisCluster)
         self.metrics = default_metrics()
 
     # -- append ---------------------------------------------------------------------------------
@@ -112,21 +113,29 @@ class EventLog:
                 raise
         else:
             for waiter, result in zip(waiters, results, strict=True):
-                if not waiter.future.done():
+                if waiter.future.done():
+                    continue
+                if isinstance(result, Exception):  # only its partitions failed (a cluster node is down)
+                    waiter.future.set_exception(result)
+                else:
                     waiter.future.set_result(result)
         finally:
             self._in_flight -= 1
             self._schedule()
 
-    async def _flush(self, waiters: list[_Waiter]) -> list[list[Appended]]:
+    async def _flush(self, waiters: list[_Waiter]) -> list[list[Appended] | Exception]:
         calls = self._calls(waiters)
         started = time.perf_counter()
         async with redis_errors(self.settings):
             replies = await self._run_calls(calls, waiters)
         elapsed = time.perf_counter() - started
         by_item: dict[int, Appended] = {}
+        failed: dict[int, Exception] = {}
         repeats: dict[str, int] = {}
         for (partition, items), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                failed.update((id(item), reply) for item in items)
+                continue
             for n, item in enumerate(items):
                 entry_id, event_id, repeat = reply[3 * n : 3 * n + 3]
                 duplicate = repeat == b"1"
@@ -134,7 +143,20 @@ class EventLog:
                     repeats[item.source] = repeats.get(item.source, 0) + 1
                 by_item[id(item)] = Appended(_s(event_id), _s(entry_id), partition, duplicate)
         self._count(waiters, repeats, elapsed)
+        if failed:
+            return [self._outcome(w, by_item, failed) for w in waiters]
         return [[by_item[id(item)] for item in w.items] for w in waiters]
+
+    def _outcome(
+        self, waiter: _Waiter, by_item: dict[int, Appended], failed: dict[int, Exception]
+    ) -> list[Appended] | Exception:
+        """A waiter fails when any of its events' calls failed (the rest of its events may be in the
+        log: the producer retries with the same event ids, and idempotency answers for those)."""
+        for item in waiter.items:
+            exc = failed.get(id(item))
+            if exc is not None:
+                return unavailable(exc, self.settings) if is_unavailable(exc) else exc
+        return [by_item[id(item)] for item in waiter.items]
 
     def _count(self, waiters: list[_Waiter], repeats: dict[str, int], elapsed_s: float) -> None:
         """Metrics, once per flush (not per event): events per producer, repeats, round-trip time."""
@@ -155,20 +177,26 @@ class EventLog:
         return calls
 
     async def _run_calls(self, calls: list[tuple[int, list[Prepared]]], waiters: list[_Waiter]) -> list[Any]:
+        """Each call's reply, or the error that stopped it; an error stops only the calls sent to one
+        node of a cluster (on one server every call shares the fate of the connection)."""
         pending = list(range(len(calls)))
         replies: list[Any] = [None] * len(calls)
+        stats = self._producer_stats(waiters)
+        if self.cluster and stats:
+            # Counters, possibly on a node that holds no appended partition: never let them delay
+            # (or fail) the answer when that node is down.
+            _background(execute_packed(self.redis, stats))
+            stats = []
         for _attempt in range(10):
             commands = [("EVALSHA", self.scripts.append.sha, 2, *self._append_args(*calls[i])) for i in pending]
-            commands += self._producer_stats(waiters)
-            commands += self._durability_wait()
-            results = await self._execute(commands)
-            self._check_durability(results)
+            results = await self._execute(commands + stats)
+            stats = []
             retry = []
             for i, result in zip(pending, results, strict=False):
                 if isinstance(result, rx.NoScriptError):
                     retry.append(i)
                 elif isinstance(result, Exception):
-                    raise result
+                    replies[i] = result
                 elif result == [b"BEHIND"]:
                     await self._catch_up(calls[i][0])
                     retry.append(i)
@@ -182,7 +210,13 @@ class EventLog:
         raise Unavailable("the log's index could not catch up with direct writes; try again")
 
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        return await execute_packed(self.redis, commands)
+        """Run the commands; with a durability mode, a call whose node did not confirm it within the
+        timeout (or failed) gets that error as its result."""
+        wait = self._durability_wait()
+        if wait is None:
+            return await execute_packed(self.redis, commands)
+        results, waits = await execute_waited(self.redis, commands, wait)
+        return [self._durable(result, waited) for result, waited in zip(results, waits, strict=True)]
 
     def _append_args(self, partition: int, items: Sequence[Prepared]) -> list[Any]:
         args: list[Any] = [
@@ -205,28 +239,29 @@ class EventLog:
             commands += [("HINCRBY", key, "events", count), ("HSET", key, "last_seen_ms", now_ms)]
         return commands
 
-    def _durability_wait(self) -> list[tuple[Any, ...]]:
+    def _durability_wait(self) -> tuple[Any, ...] | None:
+        """WAIT or WAITAOF, sent after the appends on the same connection to the node that holds
+        them (execute_waited), so it waits for exactly those writes."""
         timeout = self.settings.durability_timeout_ms
         if self.settings.durability is Durability.FSYNC:
-            return [("WAITAOF", 1, 0, timeout)]
+            return ("WAITAOF", 1, 0, timeout)
         if self.settings.durability is Durability.REPLICA:
-            return [("WAIT", 1, timeout)]
-        return []
+            return ("WAIT", 1, timeout)
+        return None
 
-    def _check_durability(self, results: list[Any]) -> None:
+    def _durable(self, result: Any, waited: Any) -> Any:
+        if isinstance(result, Exception) or (isinstance(result, list) and result[:1] == [b"BEHIND"]):
+            return result  # BEHIND: nothing was appended, the call is sent again
+        if isinstance(waited, Exception):
+            return waited
         durability = self.settings.durability
-        if durability is Durability.FAST:
-            return
-        last = results[-1]
-        if isinstance(last, Exception):
-            raise last
-        ok = last[0] >= 1 if durability is Durability.FSYNC else last >= 1
-        if not ok:
-            raise Unavailable(
-                f"the events were written but not confirmed {durability.value} within "
-                f"{self.settings.durability_timeout_ms} ms; retry with the same event ids",
-                retry_after_s=self.settings.retry_after_s,
-            )
+        if waited[0] >= 1 if durability is Durability.FSYNC else waited >= 1:
+            return result
+        return Unavailable(
+            f"the events were written but not confirmed {durability.value} within "
+            f"{self.settings.durability_timeout_ms} ms; retry with the same event ids",
+            retry_after_s=self.settings.retry_after_s,
+        )
 
     async def _catch_up(self, partition: int) -> None:
         """Index entries that producers XADDed directly (bounded chunks, never one long call)."""
@@ -413,3 +448,19 @@ def _s(value: bytes | str) -> str:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("append flush crashed", exc_info=task.exception())
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def _background(work: Any) -> None:
+    """Run a best-effort Redis call without waiting for it (its errors are only logged)."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("producer stats not counted: %s", task.exception())
