@@ -70,6 +70,10 @@ class Keys:
         """List of one event's attempt records in one group (only events that ever failed)."""
         return self._base[partition] + "att:" + group + ":" + entry_id
 
+    def seat(self, partition: int, group: str, seat: int) -> str:
+        """A worker's lease on reading this partition for one group (consumers/assign.py)."""
+        return self._base[partition] + "seat:" + group + ":" + str(seat)
+
     def partition_of(self, partition_key: str) -> int:
         """The partition that holds events of this partition key (stable across processes)."""
         if self.partitions == 1:
@@ -99,6 +103,10 @@ class Keys:
     def consumers(self) -> str:
         """Hash: consumer group name -> JSON of its declared settings (written by the runners)."""
         return f"{self.prefix}:consumers"
+
+    def group_members(self, group: str) -> str:
+        """Sorted set: worker consumer id -> last time it asked for seats in this group (ms)."""
+        return f"{self.prefix}:members:{group}"
 
     def heartbeat(self, consumer_id: str) -> str:
         """A worker process's heartbeat (expires when it stops beating)."""

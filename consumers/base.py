@@ -69,6 +69,9 @@ class Consumer:
     batch_size: int = 100
     lease_s: float = 30.0
     start: Literal["beginning", "now"] = "beginning"
+    # One partition key at a time, in log order: a later event runs only once the one before it
+    # succeeded or was dead-lettered (its retries wait in place, holding up that key and its lane).
+    ordered: bool = False
     description: str = ""
     close: Callable[[], Awaitable[None]] | None = None  # releases the handler's resources at shutdown
 
@@ -87,7 +90,7 @@ class Consumer:
             "backoff": {"base_s": self.backoff.base_s, "factor": self.backoff.factor,
                         "cap_s": self.backoff.cap_s, "jitter": self.backoff.jitter},
             "concurrency": self.concurrency, "batch_size": self.batch_size, "lease_s": self.lease_s,
-            "start": self.start, "description": self.description,
+            "start": self.start, "ordered": self.ordered, "description": self.description,
         }
 
 

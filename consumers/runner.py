@@ -1,7 +1,8 @@
-"""The runner: one reclaim-then-read loop per consumer and partition, bounded concurrency, graceful
-shutdown. A poll first claims deliveries whose backoff has passed, then (every half lease) takes
-over entries idle past the lease, then reads new entries; a batch is handled by `concurrency` lanes
-and acknowledged with one XACK.
+"""The runner: for each consumer, the partitions this worker holds a seat in (consumers/assign.py),
+each read by one loop with bounded concurrency; graceful shutdown. A poll first claims deliveries
+whose backoff has passed, then (every half lease) takes over entries idle past the lease, then reads
+new entries; `concurrency` lanes handle them while the next batch is read, and finished deliveries
+are acknowledged together.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import socket
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from app.ids import trace_id
 from app.metrics import Metrics, default_metrics
 from app.settings import Settings
 from app.tracing import Tracer, from_settings
+from consumers.assign import Seats
 from consumers.base import Consumer, Delivery, Permanent, Retry
 
 log = logging.getLogger("eventflow.consumers")
@@ -85,15 +88,22 @@ class Observers:
 
 
 class GroupLoop:
-    """Delivers one partition's events to one consumer."""
+    """Delivers one partition's events to one consumer.
 
-    def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str, stop: asyncio.Event,
+    A reader keeps `concurrency` lanes fed, reading ahead while they work (up to two batches in
+    hand), so one slow delivery holds up only its own lane; finished deliveries are acknowledged
+    together. An ordered consumer routes each partition key to one lane and retries a failed event
+    in place, so nothing behind it in that key runs first.
+    """
+
+    def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str,
                  observers: Observers | None = None) -> None:
         self.consumer = consumer
         self.dispatch = dispatch
         self.partition = partition
         self.name = name  # this process's consumer name within the group
-        self.stop = stop
+        self.halt = asyncio.Event()  # stop reading: shutdown, or the partition goes to another worker
+        self.ordered = consumer.ordered
         self.lease_ms = int(consumer.lease_s * 1000)
         self.outage = Outage(f"consumer {consumer.name} partition {partition}")
         self.lost = 0
@@ -101,6 +111,18 @@ class GroupLoop:
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
         self._next_reclaim = 0.0
         self._wanted: dict[bytes, bool] = {}
+        self._lanes = max(1, consumer.concurrency)
+        self._queues: list[asyncio.Queue[tuple[Pending, int] | None]] = [
+            asyncio.Queue() for _ in range(self._lanes if self.ordered else 1)]
+        self._held: dict[int, Pending] = {}  # read and not finished (their lease is renewed)
+        self._high_water = max(2 * consumer.batch_size, self._lanes)
+        self._room = asyncio.Event()  # fewer than _high_water in hand: read more
+        self._room.set()
+        self._idle = asyncio.Event()  # nothing in hand
+        self._idle.set()
+        self._acks: list[Pending] = []
+        self._ack_wanted = asyncio.Event()
+        self._ack_lock = asyncio.Lock()
         self.observers = observers or Observers(default_metrics(), ErrorTracker(dispatch.redis, dispatch.settings))
         self.tracer = self.observers.tracer
         self._bind_metrics(self.observers.metrics, consumer.name)
@@ -109,46 +131,67 @@ class GroupLoop:
         # Bound once: the hot path only bumps plain counters (see app/metrics.py).
         self._metrics = m
         self._timing = m.timing(m.handler_duration, group)
-        self._durations: list[float] = []  # this batch's handler times, observed together after it
+        self._durations: list[float] = []  # handler times, observed together at each ack
         self._outcome = {o: m.count(m.deliveries, group, o)
                          for o in ("succeeded", "failed", "dead_lettered", "invalid", "skipped")}
         self._retries = m.retries.labels(group)
         self._dead_letters = {r: m.dead_letters.labels(group, r) for r in ("permanent", "max-attempts", "invalid")}
         self._lost = m.lost_entries.labels(group)
 
+    def stop(self) -> None:
+        """Stop reading. What was read is still handled (an ordered consumer finishes only the events
+        in hand and leaves the rest pending, in order, for whoever reads the partition next)."""
+        self.halt.set()
+        self._room.set()
+        self._idle.set()
+
     async def run(self) -> None:
+        lanes = [asyncio.create_task(self._lane(self._queues[i % len(self._queues)])) for i in range(self._lanes)]
+        helpers = [asyncio.create_task(self._acker()), asyncio.create_task(self._renewer())]
+        try:
+            await self._read()
+            for queue in self._queues:  # after what is queued (ordered lanes stop before it)
+                for _ in range(self._lanes):
+                    queue.put_nowait(None)
+            await asyncio.gather(*lanes)
+            with contextlib.suppress(Exception):  # not acked: redelivered after the lease
+                await self._flush_acks()
+        finally:
+            for task in (*lanes, *helpers):
+                task.cancel()
+            await asyncio.gather(*lanes, *helpers, return_exceptions=True)
+
+    async def _read(self) -> None:
         group = self.consumer.name
         own = True  # first drain what this consumer name left pending before a restart
-        ahead: asyncio.Task[tuple[Claimed, float]] | None = None  # the next batch, read during this one
-        while not self.stop.is_set():
+        taken_over = not self.ordered
+        while not self.halt.is_set():
             try:
+                if not taken_over:  # the only reader now: what the last one left is ours, in order
+                    await self.dispatch.take_over(group, self.name, self.partition)
+                    taken_over = True
                 if own:
                     claimed, asked_at = await self._own(), time.monotonic()
                     own = bool(claimed.entries)
                 else:
-                    task, ahead = ahead, None
-                    claimed, asked_at = await task if task is not None else await self._timed_poll()
-                    if claimed.entries:
-                        ahead = asyncio.create_task(self._timed_poll())
+                    await self._room.wait()
+                    if self.halt.is_set():
+                        break
+                    asked_at = time.monotonic()
+                    claimed = await self._poll()
                 self.outage.ok(asked_at)
                 await self._take(claimed)
+                if own:  # reading one's own pending entries again must not see these twice
+                    await self._idle.wait()
+                    await self._flush_acks()
             except asyncio.CancelledError:
-                if ahead is not None:
-                    ahead.cancel()
                 raise
             except Exception as exc:
                 if is_unavailable(exc):
-                    await _sleep_unless(self.stop, self.outage.failed(exc))
+                    await _sleep_unless(self.halt, self.outage.failed(exc))
                 else:
                     log.exception("consumer loop error", extra={"group": group, "partition": self.partition})
-                    await _sleep_unless(self.stop, 1.0)
-        if ahead is not None:  # already read: handle it within the shutdown grace, leave nothing pending
-            with contextlib.suppress(Exception):
-                await self._take((await ahead)[0])
-
-    async def _timed_poll(self) -> tuple[Claimed, float]:
-        asked_at = time.monotonic()
-        return await self._poll(), asked_at
+                    await _sleep_unless(self.halt, 1.0)
 
     async def _own(self) -> Claimed:
         claimed = await self.dispatch.read(self.consumer.name, self.name, self.partition,
@@ -163,13 +206,24 @@ class GroupLoop:
             self._lost.inc(claimed.lost)
             log.error("%d pending entries were deleted or trimmed before delivery (lost)", claimed.lost,
                       extra={"group": self.consumer.name, "partition": self.partition})
-        await self.handle(claimed.entries)
+        entries = claimed.entries
+        if not entries:
+            return
+        attempts = await self._attempt_numbers(entries)
+        queues = self._queues
+        for entry, attempt in zip(entries, attempts, strict=True):
+            self._held[id(entry)] = entry
+            queue = queues[0] if len(queues) == 1 else queues[zlib.crc32(_key_of(entry.fields)) % len(queues)]
+            queue.put_nowait((entry, attempt))
+        self._idle.clear()
+        if len(self._held) >= self._high_water:
+            self._room.clear()
 
     async def _poll(self) -> Claimed:
         now = time.monotonic()
         group, batch = self.consumer.name, self.consumer.batch_size
         out = Claimed([])
-        if now >= self._next_retry_poll or (self._due and now >= self._due[0]):
+        if not self.ordered and (now >= self._next_retry_poll or (self._due and now >= self._due[0])):
             self._next_retry_poll = now + RETRY_POLL_S
             while self._due and self._due[0] <= now:
                 heapq.heappop(self._due)
@@ -186,27 +240,71 @@ class GroupLoop:
         fresh = await self.dispatch.read(group, self.name, self.partition, batch, block_ms)
         return Claimed(fresh.entries, out.lost + fresh.lost)
 
-    async def handle(self, entries: Sequence[Pending]) -> None:
-        """Handle a batch in `concurrency` lanes, renewing the lease meanwhile; ack in one call."""
-        if not entries:
-            return
-        attempts = await self._attempt_numbers(entries)
-        skipped = self._outcome["skipped"]
-        skipped_before = skipped.n
-        lanes = min(self.consumer.concurrency, len(entries))
-        renewer = asyncio.create_task(self._renew(entries))
-        try:
-            done = await asyncio.gather(*(self._lane(entries[i::lanes], attempts[i::lanes]) for i in range(lanes)))
-        finally:
-            renewer.cancel()
-        acked = [e for lane in done for e in lane]
-        # Counted per batch: every entry not acked failed and was counted in _failed/_dead.
-        self._outcome["succeeded"].add(len(acked) - (skipped.n - skipped_before))
-        if self._durations:
-            self._timing.observe_many(self._durations)
-            self._durations.clear()
-        self._metrics.touch()
-        await self.dispatch.ack(self.consumer.name, acked)
+    async def _lane(self, queue: asyncio.Queue[tuple[Pending, int] | None]) -> None:
+        while (item := await queue.get()) is not None:
+            entry, attempt = item
+            while True:
+                try:
+                    acked = await self._handle_one(entry, attempt)
+                    break
+                except Exception as exc:  # noqa: BLE001 - Redis failed while recording the outcome
+                    if not self.ordered:  # left pending: delivered again after the lease
+                        log.warning("delivery outcome not recorded (%s); it stays pending", exc,
+                                    extra={"group": self.consumer.name, "entry_id": entry.entry_id})
+                        acked = False
+                        break
+                    await _sleep_unless(self.halt, self.outage.failed(exc))  # ordered: nothing may pass it
+                    if self.halt.is_set():
+                        return
+            self._finished(entry, acked)
+            if self.ordered and self.halt.is_set():
+                return
+
+    def _finished(self, entry: Pending, acked: bool) -> None:
+        held = self._held
+        del held[id(entry)]
+        if acked:
+            self._acks.append(entry)
+            self._ack_wanted.set()
+        if len(held) < self._high_water:
+            self._room.set()
+        if not held:
+            self._idle.set()
+
+    async def _acker(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            try:
+                await self._flush_acks()
+            except Exception as exc:  # noqa: BLE001 - kept, and sent again after a pause
+                await asyncio.sleep(self.outage.failed(exc) if is_unavailable(exc) else 1.0)
+
+    async def _flush_acks(self) -> None:
+        """Acknowledge every finished delivery in one XACK per stream."""
+        async with self._ack_lock:
+            self._ack_wanted.clear()
+            if self._durations:
+                self._timing.observe_many(self._durations)
+                self._durations.clear()
+            if not self._acks:
+                return
+            acks, self._acks = self._acks, []
+            try:
+                await self.dispatch.ack(self.consumer.name, acks)
+            except BaseException:
+                self._acks[:0] = acks
+                raise
+            self._metrics.touch()
+
+    async def _renewer(self) -> None:
+        while True:
+            await asyncio.sleep(self.consumer.lease_s / 3)
+            if not self._held:
+                continue
+            try:
+                await self.dispatch.renew(self.consumer.name, self.name, list(self._held.values()))
+            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+                log.warning("lease renewal failed: %s", exc)
 
     async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int]:
         # Redeliveries and replays continue the attempt count kept in the attempt records.
@@ -220,14 +318,6 @@ class GroupLoop:
             numbers.append(max(entry.deliveries if id(entry) in last else 1, record.attempt + 1 if record else 1))
         return numbers
 
-    async def _renew(self, entries: Sequence[Pending]) -> None:
-        while True:
-            await asyncio.sleep(self.consumer.lease_s / 3)
-            try:
-                await self.dispatch.renew(self.consumer.name, self.name, entries)
-            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
-                log.warning("lease renewal failed: %s", exc)
-
     def _wants(self, event_type: bytes) -> bool:
         """Consumer.wants, remembered per type (a log holds few distinct types; bounded anyway)."""
         wanted = self._wanted.get(event_type)
@@ -237,15 +327,8 @@ class GroupLoop:
             wanted = self._wanted[event_type] = self.consumer.wants(event_type.decode(errors="replace"))
         return wanted
 
-    async def _lane(self, entries: Sequence[Pending], attempts: Sequence[int]) -> list[Pending]:
-        acked = []
-        for entry, attempt in zip(entries, attempts, strict=True):
-            if await self._handle_one(entry, attempt):
-                acked.append(entry)
-        return acked
-
     async def _handle_one(self, entry: Pending, attempt: int) -> bool:
-        """Run the handler once; True when the batch should ack the entry."""
+        """Run the handler (an ordered consumer: until it succeeds or gives up); True to ack the entry."""
         event_type = entry.fields.get(b"type")
         if event_type is not None and not self._wants(event_type):
             self._outcome["skipped"].n += 1
@@ -277,6 +360,7 @@ class GroupLoop:
             self.tracer.delivery(delivery, elapsed, None)
         if attempt > 1 or entry.kind != LOG:  # it has an attempt history: close it
             await self.dispatch.record(self.consumer.name, entry, self._attempt(delivery, "succeeded", started))
+        self._outcome["succeeded"].n += 1
         return True
 
     def _ran(self, delivery: Delivery, started: float, exc: BaseException | None) -> None:
@@ -292,8 +376,11 @@ class GroupLoop:
         wait_s = delay_s if delay_s is not None else self.consumer.backoff.delay_s(delivery.attempt)
         record = self._attempt(delivery, "failed", started, exc)
         record.next_at_ms = now_ms() + int(wait_s * 1000)
-        await self.dispatch.schedule_retry(self.consumer.name, delivery.pending, record)
-        heapq.heappush(self._due, time.monotonic() + wait_s)
+        if self.ordered:  # retried in place: the key's later events wait behind it
+            await self.dispatch.record(self.consumer.name, delivery.pending, record)
+        else:
+            await self.dispatch.schedule_retry(self.consumer.name, delivery.pending, record)
+            heapq.heappush(self._due, time.monotonic() + wait_s)
         self._outcome["failed"].n += 1
         self._retries.inc()
         context = self._context(delivery)
@@ -301,7 +388,12 @@ class GroupLoop:
                                    trace_id=context["trace_id"])  # type: ignore[arg-type]
         log.warning("delivery failed; retrying in %.2f s: %s: %s", wait_s, type(exc).__name__, exc,
                     extra=context)
-        return False
+        if not self.ordered:
+            return False
+        await _sleep_unless(self.halt, wait_s)
+        if self.halt.is_set():
+            return False  # stays pending: the partition's next reader starts from it
+        return await self._handle_one(delivery.pending, delivery.attempt + 1)
 
     async def _dead(self, delivery: Delivery, reason: str, error: str, error_type: str | None, started: float,
                     exc: BaseException | None = None) -> None:
@@ -342,7 +434,8 @@ class Runner:
         self.dispatch = Dispatch(redis, settings)
         self.name = name
         self.stop = asyncio.Event()
-        self.loops: list[GroupLoop] = []
+        self.loops: list[GroupLoop] = []  # every partition loop this runner started
+        self.reading: dict[str, set[int]] = {c.name: set() for c in self.consumers}  # partitions read now
         self.observers = observers or Observers.from_settings(self.dispatch)
 
     async def setup(self) -> None:
@@ -362,12 +455,16 @@ class Runner:
 
     async def run(self) -> None:
         await self.setup()
-        self.loops = [GroupLoop(c, self.dispatch, p, self.name, self.stop, self.observers)
-                      for c in self.consumers for p in range(self.dispatch.keys.partitions)]
-        tasks = [asyncio.create_task(loop.run()) for loop in self.loops]
+        tasks = [asyncio.create_task(self._supervise(c)) for c in self.consumers]
         tasks.append(asyncio.create_task(self._heartbeat()))
         log.info("consuming: %s as %s", ", ".join(c.name for c in self.consumers), self.name)
-        await self.stop.wait()
+        try:
+            await self.stop.wait()
+        except asyncio.CancelledError:  # cut off: nothing is given back, the leases expire
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         grace_s = self.settings.shutdown_grace_s
         _done, pending = await asyncio.wait(tasks, timeout=grace_s)
         for task in pending:
@@ -375,6 +472,62 @@ class Runner:
         await asyncio.gather(*pending, return_exceptions=True)
         await self._flush_observers()
         log.info("stopped (%d task(s) cut off after the %.0f s grace)", len(pending), grace_s)
+
+    async def _supervise(self, consumer: Consumer) -> None:
+        """Read the partitions this worker holds a seat in (consumers/assign.py), following the
+        seats as workers come and go."""
+        seats = Seats(self.dispatch.redis, self.dispatch.keys, consumer.name, self.name,
+                      ordered=consumer.ordered, lease_s=consumer.lease_s)
+        running: dict[int, tuple[GroupLoop, asyncio.Task[None]]] = {}
+        leaving: set[asyncio.Task[None]] = set()
+        outage = Outage(f"consumer {consumer.name}: partition seats")
+        try:
+            while not self.stop.is_set():
+                try:
+                    changes = await seats.tick()
+                    outage.ok()
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        log.exception("partition seats: tick failed", extra={"group": consumer.name})
+                    await _sleep_unless(self.stop, outage.failed(exc) if is_unavailable(exc) else 1.0)
+                    continue
+                for partition in changes.lost:  # another worker has it now: stop at once
+                    if (lost := running.pop(partition, None)) is not None:
+                        lost[0].stop()
+                        leaving.add(lost[1])
+                for partition in changes.leave:  # a worker joined: finish what is in hand, then give it back
+                    if (left := running.pop(partition, None)) is not None:
+                        left[0].stop()
+                        leaving.add(asyncio.create_task(self._give_back(seats, partition, left[1])))
+                for partition in changes.gained:
+                    loop = GroupLoop(consumer, self.dispatch, partition, self.name, self.observers)
+                    self.loops.append(loop)
+                    running[partition] = (loop, asyncio.create_task(loop.run()))
+                if changes.gained or changes.leave or changes.lost:
+                    self.reading[consumer.name] = set(running)
+                    log.info("partitions of %s read here: %s", consumer.name, sorted(running) or "none",
+                             extra={"group": consumer.name})
+                leaving = {task for task in leaving if not task.done()}
+                await _sleep_unless(self.stop, seats.tick_s)
+        except asyncio.CancelledError:
+            for _, task in running.values():
+                task.cancel()
+            for task in leaving:
+                task.cancel()
+            raise
+        for loop, _ in running.values():
+            loop.stop()
+        self.reading[consumer.name] = set()
+        await asyncio.gather(*(task for _, task in running.values()), *leaving, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the seats expire anyway
+            await seats.leave_group()
+
+    @staticmethod
+    async def _give_back(seats: Seats, partition: int, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(Exception):
+            await task
+        with contextlib.suppress(Exception):  # it expires anyway
+            await seats.release(partition)
 
     async def _flush_observers(self) -> None:
         self.observers.metrics.flush()
@@ -399,6 +552,14 @@ class Runner:
             except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
                 log.debug("heartbeat failed: %s", exc)
             await _sleep_unless(self.stop, 10)
+
+
+def _key_of(fields: Mapping[bytes, bytes]) -> bytes:
+    """An entry's partition key, as app/service.py chooses it (the extension, else source and subject)."""
+    key = fields.get(b"partitionkey")
+    if key is None:
+        key = fields.get(b"source", b"") + b"\n" + fields.get(b"subject", b"")
+    return key
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -167,7 +167,7 @@ async def test_a_standby_parks_its_events_for_the_leader_and_takes_over_when_it_
 async def test_two_workers_sharing_the_group_write_one_log_with_each_event_once(
     services: Services, redis: Redis, audit_settings: Settings, tmp_path: Path
 ) -> None:
-    posted = await post(services, 40)
+    posted = await post(services, 1)
     leader = audit.AuditConsumer(audit_settings, redis, holder="leader")
     await leader.handle((await deliveries(redis, audit_settings))[0])  # takes the lease first
     standby_settings = audit_settings.replace(audit_path=str(tmp_path / "standby"))
@@ -185,6 +185,9 @@ async def test_two_workers_sharing_the_group_write_one_log_with_each_event_once(
                for c, name in ((leader, "w1"), (standby, "w2"))]
     tasks = [asyncio.create_task(r.run()) for r in runners]
     try:
+        # Both read the one partition (consumers/assign.py seats them both) before the events come.
+        await wait_for(lambda: all(r.reading == {"audit": {0}} for r in runners))
+        posted += await post(services, 39)
         await wait_for(lambda: group_done(redis, audit_settings))
     finally:
         for runner in runners:
