@@ -110,3 +110,64 @@ def wait_quiet(max_wait_s: float, threshold_pct: float, window_s: float = 2.0) -
     while busy is not None and busy >= threshold_pct and time.monotonic() < deadline:
         busy = busy_now(window_s)
     return busy
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of one process (None when it is gone or /proc is missing)."""
+    try:
+        for line in (_PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and its live descendants."""
+    parents: dict[int, int] = {}
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return [pid for pid in parents if pid == root or _descends(pid, root, {p: ["", str(pp)] for p, pp in
+                                                                         parents.items()})]
+
+
+class PeakRss:
+    """Samples the largest process of each named tree every `interval_s` in a thread, keeping the peak:
+    for granian that is the worker process that runs the app (its parent only supervises)."""
+
+    def __init__(self, roots: Mapping[str, int], interval_s: float = 0.25) -> None:
+        import threading
+
+        self.roots = dict(roots)
+        self.peak: dict[str, int | None] = dict.fromkeys(roots)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
+        self.interval_s = interval_s
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            for name, root in self.roots.items():
+                sizes = [s for s in map(rss_bytes, tree_pids(root)) if s is not None]
+                if sizes:
+                    self.peak[name] = max(self.peak[name] or 0, max(sizes))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def peak_mb(self) -> dict[str, float | None]:
+        return {name: None if v is None else v / 2**20 for name, v in self.peak.items()}

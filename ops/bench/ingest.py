@@ -5,6 +5,8 @@ ratio against its baseline from the same run (with the issue-6 target where ther
 
     decode-only             Litestar decodes the event into a Struct and answers; no Redis at all
     naive-single            Litestar decode + one XADD per request
+    fastapi-single          FastAPI (pydantic model) + one XADD per request, under uvicorn, from a
+                            bench-only venv (extras.py); skipped with a note when it cannot be installed
     eventflow-single        POST /v1/events, `fast` mode: auth, validation, enrichment, index (the
                             event id is made by EventFlow, so no idempotency key is needed)
     eventflow-single-ids    the same with a unique producer `id` per request (CloudEvents producers
@@ -16,7 +18,10 @@ ratio against its baseline from the same run (with the issue-6 target where ther
     eventflow-schema-batch  eventflow-batch, likewise
     eventflow-fsync-single  POST /v1/events, `fsync` mode, on a second server with `appendfsync always`
 
-Then the index cost: server memory per event, EventFlow vs a plain XADD (see memory.py).
+Then, with the same servers and web process: the physical limits (redis-benchmark and a redis-py
+pipeline loop, limits.py), end-to-end latency at a steady 2k events/s with one worker and the RSS of
+both processes (latency.py), 1,000 SSE clients on the live tail at 1k events/s (live.py), and last the
+index cost: server memory per event, EventFlow vs a plain XADD (memory.py).
 """
 
 from __future__ import annotations
@@ -31,18 +36,31 @@ from pathlib import Path
 from typing import Any
 
 from app.embedded import EmbeddedServer
-from ops.bench import hostload, loadgen, payloads, profile, runinfo, stack
+from ops.bench import extras, hostload, latency, limits, live, loadgen, payloads, profile, runinfo, stack
 from ops.bench.config import BenchConfig
 from ops.bench.loadgen import Load
 from ops.bench.memory import MemoryResult
 from ops.bench.memory import measure as measure_memory
-from ops.bench.report import BUSY_PCT, Ratio, Row, memory_table, progress, ratio_table, summary, table, write_json
+from ops.bench.report import (
+    BUSY_PCT,
+    Ratio,
+    Row,
+    limits_table,
+    memory_table,
+    progress,
+    ratio_table,
+    steady_table,
+    summary,
+    table,
+    write_json,
+)
 
 PREFIX = "bench"
 NAIVE_STREAM = "naive:events"
 # Requests still in the server when a load run ends must not overlap the next run: they would
 # count twice, and push the naive app past redis-py's default pool of 100 connections.
 SETTLE_S = 1.0
+LIVE_CLIENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -68,8 +86,9 @@ class Scenario:
 SCENARIOS = (
     Scenario(name="decode-only", app="baseline", path="/decode/events"),
     Scenario(name="naive-single", app="baseline", path="/naive/events"),
+    Scenario(name="fastapi-single", app="fastapi", path="/naive/events"),
     Scenario(name="eventflow-single", app="eventflow", path="/v1/events",
-             compare=(Compare("naive-single", 2.0), Compare("decode-only", 0.8))),
+             compare=(Compare("naive-single", 2.0), Compare("fastapi-single", 3.0), Compare("decode-only", 0.8))),
     Scenario(name="eventflow-single-ids", app="eventflow", path="/v1/events", with_ids=True,
              compare=(Compare("naive-single", 2.0), Compare("decode-only", 0.8))),
     Scenario(name="naive-batch", app="baseline", path="/naive/events/batch", batch=True),
@@ -101,19 +120,24 @@ def run(config: BenchConfig) -> Path:
     progress(f"load generator: {loadgen.describe(tool)}")
     _check_quiet(config)
     run_id, info = runinfo.run_id(), runinfo.describe(loadgen.describe(tool))
+    baselines, server_bench = extras.baselines_python(), extras.server_benchmark()
+    info["baselines"] = {"fastapi_faststream": extras.package_versions(baselines.path) if baselines.path
+                         else baselines.note, "server_benchmark": server_bench.note}
     with tempfile.TemporaryDirectory(prefix="eventflow-bench-") as tmp:
         root = Path(tmp)
         with contextlib.ExitStack() as scope:
-            targets = _start_stack(scope, root)
+            targets = _start_stack(scope, root, baselines)
             rows = _measure_rounds(targets, config, tool, run_id)
+            steady = _steady(targets["eventflow"], config, server_bench, root)
         progress(f"index cost: loading {config.memory_events:,} events each way into fresh servers")
         memory = measure_memory(config.memory_events, root)
-    ratios, minimums = _ratios(rows)
-    print(f"\n{table(rows)}\n\n{ratio_table(ratios, minimums)}\n\n{memory_table(memory)}\n", flush=True)
+    ratios, minimums = _ratios(rows, steady["limits"])
+    print(f"\n{table(rows)}\n\n{ratio_table(ratios, minimums)}\n\n{limits_table(steady['limits'])}\n\n"
+          f"{steady_table(steady['latency'], steady['live'])}\n\n{memory_table(memory)}\n", flush=True)
     if tool == "python":
         print("note: the Python load generator saturates long before the servers do, so every ratio is pulled "
               "toward 1x; install wrk for figures that mean something\n", flush=True)
-    results = _results(config, info, rows, memory)
+    results = _results(config, info, rows, memory, steady)
     path = write_json(results, config.results_dir / f"ingest-{run_id}.json")
     progress(f"results written to {path}")
     return path
@@ -131,8 +155,9 @@ def _check_quiet(config: BenchConfig) -> None:
         progress(f"other processes use {busy:.0f}% of this machine's CPU{warning}")
 
 
-def _start_stack(scope: contextlib.ExitStack, root: Path) -> dict[str, Target]:
-    """Two servers (AOF everysec, and always for fsync mode) and the three web processes."""
+def _start_stack(scope: contextlib.ExitStack, root: Path, baselines: extras.Tool) -> dict[str, Target]:
+    """Two servers (AOF everysec, and always for fsync mode) and the web processes (FastAPI's when
+    the bench-only venv is there)."""
     progress("starting embedded Valkey: AOF everysec (main) and AOF always (fsync mode)")
     everysec = scope.enter_context(stack.valkey(root / "valkey-everysec", "everysec"))
     always = scope.enter_context(stack.valkey(root / "valkey-always", "always"))
@@ -141,14 +166,22 @@ def _start_stack(scope: contextlib.ExitStack, root: Path) -> dict[str, Target]:
         "eventflow": (stack.EVENTFLOW_FACTORY, everysec, stack.eventflow_env(everysec.url, PREFIX, "fast")),
         "eventflow-fsync": (stack.EVENTFLOW_FACTORY, always, stack.eventflow_env(always.url, PREFIX, "fsync")),
     }
-    return {name: _start_web(scope, root, name, *spec) for name, spec in apps.items()}
+    targets = {name: _start_web(scope, root, name, *spec) for name, spec in apps.items()}
+    if baselines.path is None:
+        progress(f"fastapi-single skipped: {baselines.note}")
+    else:
+        env = {**stack.baseline_env(everysec.url, "naive:fastapi")}
+        targets["fastapi"] = _start_web(scope, root, "fastapi", "fastapi_app:app", everysec, env,
+                                        stack.uvicorn_command(baselines.path))
+    return targets
 
 
 def _start_web(
-    scope: contextlib.ExitStack, root: Path, name: str, factory: str, server: EmbeddedServer, env: dict[str, str]
+    scope: contextlib.ExitStack, root: Path, name: str, factory: str, server: EmbeddedServer, env: dict[str, str],
+    command: list[str] | None = None,
 ) -> Target:
-    progress(f"starting {name} under granian ({factory})")
-    process = scope.enter_context(stack.web(name, factory, env, root))
+    progress(f"starting {name} under {'uvicorn' if command else 'granian'} ({factory})")
+    process = scope.enter_context(stack.web(name, factory, env, root, command))
     headers = {"Content-Type": "application/json"}
     if factory == stack.EVENTFLOW_FACTORY:
         headers["Authorization"] = f"Bearer {stack.create_producer(server.url, PREFIX, payloads.SOURCE)}"
@@ -159,12 +192,30 @@ def _start_web(
 def _measure_rounds(targets: dict[str, Target], config: BenchConfig, tool: str, run_id: str) -> list[Row]:
     """Every scenario `config.rounds` times, rounds one after the other; each row is its median round."""
     rounds: dict[str, list[Row]] = {s.name: [] for s in SCENARIOS}
+    present = [s for s in SCENARIOS if s.app in targets]
     for n in range(config.rounds):
         if config.rounds > 1:
             progress(f"round {n + 1} of {config.rounds}")
-        for s in SCENARIOS:
+        for s in present:
             rounds[s.name].append(_measure(s, targets[s.app], config, tool, f"{run_id}-r{n + 1}"))
-    return [_median(rounds[s.name]) for s in SCENARIOS]
+    return [_median(rounds[s.name]) for s in present]
+
+
+def _steady(target: Target, config: BenchConfig, server_bench: extras.Tool, root: Path) -> dict[str, Any]:
+    """The rows beyond throughput, on the same server and web process: physical limits, end-to-end
+    latency and memory at a steady load, and the live tail with 1,000 SSE clients."""
+    progress("physical limits: redis-benchmark XADD and a redis-py pipeline loop")
+    found = limits.measure(server_bench, target.redis_url, quick=config.quick)
+    env = stack.eventflow_env(target.redis_url, PREFIX, "fast")
+    steady = latency.measure(target.url, target.headers, target.pid, env, PREFIX, root,
+                             duration_s=3.0 if config.quick else 6.0, warmup_s=1.0)
+    progress(f"latency: p50 {steady.p50_ms:.2f} ms, p99 {steady.p99_ms:.2f} ms; RSS web "
+             f"{steady.web_rss_mb or 0:.0f} MB, worker {steady.worker_rss_mb or 0:.0f} MB")
+    fan_out = live.measure(target.url, target.headers, target.pid, target.redis_url, PREFIX,
+                           clients=LIVE_CLIENTS, duration_s=3.0 if config.quick else 5.0)
+    progress(f"live: p50 {fan_out.p50_ms:.0f} ms, p99 {fan_out.p99_ms:.0f} ms, {fan_out.accepted:,} events "
+             f"accepted, web RSS {fan_out.web_rss_mb or 0:.0f} MB")
+    return {"limits": found, "latency": steady, "live": fan_out}
 
 
 def _median(rows: list[Row]) -> Row:
@@ -229,21 +280,25 @@ def _print_profile(raw: Path) -> None:
     print(f"{by_self}\n\n{by_total}\n(collapsed stacks: {raw})", flush=True)
 
 
-def _ratios(rows: list[Row]) -> tuple[list[Ratio], list[tuple[str, float, float]]]:
-    by_name = {row.name: row for row in rows}
+def _ratios(rows: list[Row], found: list[limits.Limit]) -> tuple[list[Ratio], list[tuple[str, float, float]]]:
+    by_name = {row.name: row.events_s for row in rows}
     ratios = [
         Ratio(scenario=s.name, baseline=c.against, target=c.target,
-              ratio=by_name[s.name].events_s / max(by_name[c.against].events_s, 1e-9))
-        for s in SCENARIOS for c in s.compare
+              ratio=by_name[s.name] / max(by_name[c.against], 1e-9))
+        for s in SCENARIOS for c in s.compare if s.name in by_name and c.against in by_name
     ]
-    minimums = [(s.name, by_name[s.name].events_s, s.min_events_s) for s in SCENARIOS if s.min_events_s]
+    # Against the physical limits: orientation, no targets (how much of the server's own rate is left).
+    ratios += [Ratio(scenario=name, baseline=limit.name, target=None, ratio=by_name[name] / limit.events_s)
+               for name in ("eventflow-single", "eventflow-batch") if name in by_name
+               for limit in found if limit.events_s]
+    minimums = [(s.name, by_name[s.name], s.min_events_s) for s in SCENARIOS if s.min_events_s and s.name in by_name]
     return ratios, minimums
 
 
 def _results(
-    config: BenchConfig, info: dict[str, Any], rows: list[Row], memory: list[MemoryResult]
+    config: BenchConfig, info: dict[str, Any], rows: list[Row], memory: list[MemoryResult], steady: dict[str, Any]
 ) -> dict[str, Any]:
-    ratios, minimums = _ratios(rows)
+    ratios, minimums = _ratios(rows, steady["limits"])
     return {
         "benchmark": "ingest",
         "run": info,
@@ -251,5 +306,8 @@ def _results(
         "scenarios": [{**dataclasses.asdict(row), "events_s": row.events_s} for row in rows],
         "ratios": [{**dataclasses.asdict(r), "verdict": r.verdict} for r in ratios],
         "absolute_targets": [{"scenario": n, "events_s": v, "minimum": m} for n, v, m in minimums],
+        "physical_limits": [dataclasses.asdict(limit) for limit in steady["limits"]],
+        "latency": dataclasses.asdict(steady["latency"]),
+        "live": dataclasses.asdict(steady["live"]),
         "memory": [dataclasses.asdict(m) for m in memory],
     }

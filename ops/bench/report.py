@@ -6,12 +6,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ops.bench.loadgen import LoadResult
 from ops.bench.memory import MemoryResult
+
+if TYPE_CHECKING:  # these modules print progress through this one
+    from ops.bench.latency import LatencyResult
+    from ops.bench.limits import Limit
+    from ops.bench.live import LiveResult
 
 _STARTED = time.monotonic()
 
@@ -101,6 +106,59 @@ def ratio_table(ratios: Sequence[Ratio], minimums: Sequence[tuple[str, float, fl
     cells += [(name, "absolute events/s", f"{value:,.0f}", f">= {minimum:,.0f}", _verdict(value >= minimum))
               for name, value, minimum in minimums]
     return _grid(cells)
+
+
+def limits_table(found: Sequence[Limit]) -> str:
+    """The server's own XADD rate, measured in the same run (rows skipped say why)."""
+    cells = [("physical limit", "events/s", "p50 ms", "p99 ms", "note")]
+    cells += [(f.name, "-" if f.events_s is None else f"{f.events_s:,.0f}", _ms(f.p50_ms), _ms(f.p99_ms), f.note)
+              for f in found]
+    return _grid(cells)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# Issue 6's targets for the steady-load rows.
+E2E_P50_MS, E2E_P99_MS, LIVE_P99_MS, WEB_RSS_MB, WORKER_RSS_MB = 3.0, 10.0, 100.0, 120.0, 80.0
+
+
+def steady_table(e2e: LatencyResult, live: LiveResult) -> str:
+    """End-to-end latency, live delivery and memory at steady load, each against its target."""
+    web_rss = max((m for m in (e2e.web_rss_mb, live.web_rss_mb) if m is not None), default=None)
+    lost = e2e.missing + e2e.errors + e2e.unsent
+    live_short = live.accepted < 0.95 * live.offered
+    cells = [("steady load", "figure", "target", "")]
+    cells += [
+        (f"e2e POST -> handler p50, {e2e.rate_s:,.0f} events/s", f"{e2e.p50_ms:.2f} ms", f"< {E2E_P50_MS:g} ms",
+         _verdict(e2e.p50_ms < E2E_P50_MS and not lost)),
+        (f"e2e POST -> handler p99 ({e2e.measured:,} events, max {e2e.max_ms:.1f} ms)", f"{e2e.p99_ms:.2f} ms",
+         f"< {E2E_P99_MS:g} ms", _verdict(e2e.p99_ms < E2E_P99_MS and not lost)),
+        (f"live: {live.connected:,} SSE clients, p50 delivery", f"{live.p50_ms:.1f} ms", "", ""),
+        (f"live: p99 delivery ({live.sampled_clients} sampled clients, max {live.max_ms:.0f} ms)",
+         f"{live.p99_ms:.1f} ms", f"< {LIVE_P99_MS:g} ms",
+         _verdict(live.p99_ms < LIVE_P99_MS and not live.missing and not live_short)),
+        (f"live: events accepted while streaming ({live.rate_s:,.0f}/s offered)",
+         f"{live.accepted:,} of {live.offered:,}", "all", _verdict(not live_short and not live.producer_errors)),
+        ("web process RSS, peak (latency and live runs)", _mb(web_rss), f"< {WEB_RSS_MB:g} MB",
+         _verdict(web_rss is not None and web_rss < WEB_RSS_MB)),
+        ("worker RSS, peak (latency run)", _mb(e2e.worker_rss_mb), f"< {WORKER_RSS_MB:g} MB",
+         _verdict(e2e.worker_rss_mb is not None and e2e.worker_rss_mb < WORKER_RSS_MB)),
+    ]
+    notes = []
+    if lost:
+        notes.append(f"e2e: {e2e.missing} accepted events never reached the handler, {e2e.errors} POSTs failed, "
+                     f"{e2e.unsent} never sent{f' (first error: {e2e.first_error})' if e2e.first_error else ''}")
+    if live.missing or live.resets or live.producer_errors or live.producer_unsent:
+        notes.append(f"live: {live.missing:,} (event, client) deliveries missing, {live.resets} resets, "
+                     f"{live.producer_errors} POSTs unanswered and {live.producer_unsent:,} never sent "
+                     f"while {live.connected:,} clients streamed ({live.received_mb:,.0f} MB read by clients)")
+    return "\n".join([_grid(cells), *notes])
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
 
 
 def memory_table(results: Sequence[MemoryResult]) -> str:

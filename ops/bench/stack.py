@@ -35,10 +35,13 @@ SERVER_EXTRA = {"auto-aof-rewrite-percentage": "0"}
 class WebProcess:
     """One granian process serving `factory` on a free loopback port; its output goes to a log file."""
 
-    def __init__(self, name: str, factory: str, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, factory: str, env: Mapping[str, str], log_dir: Path,
+                 command: list[str] | None = None) -> None:
         self.name = name
         self.port = free_port()
-        self.command = granian_command(factory, self.port)
+        # `command` (with `{port}` in it) serves another framework the way its users would run it.
+        self.command = [arg.replace("{port}", str(self.port)) for arg in command] if command else \
+            granian_command(factory, self.port)
         self.env = {**os.environ, **env}
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -84,6 +87,14 @@ def granian_command(factory: str, port: int) -> list[str]:
     return [venv_bin(command[0]), *command[1:-1], factory]
 
 
+def uvicorn_command(python: str) -> list[str]:
+    """The FastAPI baseline under uvicorn (uvloop, httptools, one worker, no access log), run by the
+    bench-only venv's interpreter; `{port}` is filled in by WebProcess."""
+    return [python, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(Path(__file__).parent),
+            "--host", HOST, "--port", "{port}", "--no-access-log", "--log-level", "warning",
+            "--loop", "uvloop", "--http", "httptools"]
+
+
 def venv_bin(name: str) -> str:
     """A console script next to this interpreter (the venv), else the name for PATH lookup."""
     candidate = Path(sys.executable).with_name(name)
@@ -117,9 +128,11 @@ def valkey(data_dir: Path, appendfsync: str) -> Iterator[EmbeddedServer]:
 
 
 @contextlib.contextmanager
-def web(name: str, factory: str, env: Mapping[str, str], log_dir: Path) -> Iterator[WebProcess]:
-    """A started granian process, stopped on exit."""
-    process = WebProcess(name, factory, env, log_dir).start()
+def web(
+    name: str, factory: str, env: Mapping[str, str], log_dir: Path, command: list[str] | None = None
+) -> Iterator[WebProcess]:
+    """A started web process (granian unless `command` says otherwise), stopped on exit."""
+    process = WebProcess(name, factory, env, log_dir, command).start()
     try:
         yield process
     finally:
