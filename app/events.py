@@ -19,11 +19,10 @@ Log entry fields (documented in the README for direct writers):
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,6 +41,9 @@ _EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _CONTEXT = ("id", "type", "source", "time", "subject", "datacontenttype", "dataschema", "traceparent")
 _STRING_ATTRS = frozenset(_CONTEXT) | {"specversion"}
 _MAX_ATTR_LEN = 1024
+
+# CloudEvents integer attributes are 32-bit signed.
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _raw_array = msgspec.json.Decoder(list[msgspec.Raw])
@@ -132,10 +134,21 @@ def _from_plain(event: _Plain, pointer: str, structured: bool) -> Incoming | Non
 
 def parse_structured(body: bytes, *, structured: bool = False, pointer: str = "") -> Incoming:
     """Plain JSON or CloudEvents structured mode: one JSON object."""
+    _check_utf8(body)
+    event = _parse_object(body, structured, pointer)
+    if event.data is not None and _may_overflow(body):
+        _check_numbers([event], lambda _: pointer)
+    return event
+
+
+def _parse_object(body: bytes, structured: bool, pointer: str) -> Incoming:
+    """One event object from UTF-8-checked bytes (its data's numbers are not checked here)."""
     try:
         fast = _from_plain(_plain.decode(body), pointer, structured)
     except (msgspec.ValidationError, msgspec.DecodeError):
         fast = None  # extension attributes, or a problem the precise path below will name
+    except RecursionError:
+        raise _too_deep() from None
     if fast is not None:
         return fast
     try:
@@ -144,6 +157,8 @@ def parse_structured(body: bytes, *, structured: bool = False, pointer: str = ""
         raise InvalidEvent([FieldProblem(pointer or "/", "an event must be a JSON object")]) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
     return _from_attributes(obj, pointer, structured=structured)
 
 
@@ -152,21 +167,30 @@ def parse_batch(body: bytes, content_type: str | None) -> list[Incoming]:
     media = media_type(content_type)
     if media not in (CE_BATCH, "application/json", CE_JSON):
         raise UnsupportedMediaType(f"Content-Type {media or '(none)'!r} is not accepted for a batch")
+    _check_utf8(body)
     fast = _fast_batch(body, media == CE_BATCH)
     if fast is not None:
+        if _may_overflow(body):
+            _check_numbers(fast, lambda i: f"/events/{i}")
         return fast
     try:
         top = _raw_any.decode(body)
         items = _raw_array.decode(top) if bytes(top)[:1] == b"[" else _batch_object(top)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not items:
         raise InvalidEvent([FieldProblem("/events", "a batch needs at least one event")])
     events: list[Incoming] = []
     problems: list[FieldProblem] = []
     for i, item in enumerate(items):
+        pointer = f"/events/{i}"
         try:
-            events.append(parse_structured(item, structured=media == CE_BATCH, pointer=f"/events/{i}"))
+            event = _parse_object(item, media == CE_BATCH, pointer)
+            if _may_overflow(bytes(item)):
+                _check_numbers([event], lambda _: pointer)  # noqa: B023 - called at once
+            events.append(event)
         except InvalidEvent as exc:
             problems.extend(exc.problems)
     if problems:
@@ -175,11 +199,14 @@ def parse_batch(body: bytes, content_type: str | None) -> list[Incoming]:
 
 
 def _fast_batch(body: bytes, structured: bool) -> list[Incoming] | None:
+    """The whole batch in one C call; None when the precise path must look (and name each problem)."""
     try:
         plain = _plain_array.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    events = [_from_plain(p, "", structured) for p in plain]
+        events = [_from_plain(p, "", structured) for p in plain]
+    except (msgspec.ValidationError, msgspec.DecodeError, InvalidEvent):
+        return None  # an InvalidEvent here would name `/time`, not `/events/3/time`
+    except RecursionError:
+        raise _too_deep() from None
     return events if events and None not in events else None  # type: ignore[return-value]
 
 
@@ -207,10 +234,16 @@ def parse_binary(body: bytes, content_type: str | None, headers: Mapping[str, st
     data_base64: str | None = None
     if body:
         if is_json_media(media) or not media:
+            _check_utf8(body)
             try:
                 data = _raw_any.decode(body)
             except msgspec.DecodeError as exc:
                 raise MalformedBody(f"body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise _too_deep() from None
+            problem = _numbers_problem(data) if _may_overflow(body) else None
+            if problem is not None:
+                problems.append(FieldProblem("/data", problem))
         elif media.startswith("text/"):
             try:
                 data = msgspec.Raw(_json.encode(body.decode("utf-8")))
@@ -253,17 +286,23 @@ def _from_attributes(obj: dict[str, msgspec.Raw], pointer: str, *, structured: b
         else:
             try:
                 base64.b64decode(data_base64, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a plain ValueError for non-ASCII text
                 problems.append(FieldProblem(f"{pointer}/data_base64", "not valid base64"))
     _check_extensions(extensions, pointer, problems)
     return _build(fields, data, data_base64, extensions, pointer, problems)
 
 
 _NOT_SCALAR = object()
+_OUT_OF_RANGE = object()
 
 
 def _decode_scalar(raw: msgspec.Raw) -> Any:
-    value = _any.decode(raw)
+    try:
+        value = _any.decode(raw)
+    except msgspec.ValidationError:
+        return _OUT_OF_RANGE  # a number msgspec cannot represent (beyond a double, or > 4300 digits)
+    except RecursionError:
+        return _NOT_SCALAR
     return value if value is None or isinstance(value, str | int | bool) else _NOT_SCALAR
 
 
@@ -293,6 +332,10 @@ def _check_extensions(extensions: dict[str, Any], pointer: str, problems: list[F
             problems.append(FieldProblem(
                 f"{pointer}/{name}", "extension attributes must be a string, integer or boolean"
             ))
+        elif value is _OUT_OF_RANGE or (type(value) is int and not _INT32_MIN <= value <= _INT32_MAX):
+            problems.append(FieldProblem(
+                f"{pointer}/{name}", "integer extension attributes are 32-bit signed (CloudEvents)"
+            ))
         elif not _EXT_NAME.match(name):
             problems.append(FieldProblem(f"{pointer}/{name}", "extension names are 1-20 lowercase letters or digits"))
         elif isinstance(value, str) and len(value) > _MAX_ATTR_LEN:
@@ -318,6 +361,56 @@ def _build(
     if problems:
         raise InvalidEvent(problems)
     return Incoming(data=data, data_base64=data_base64, extensions=extensions, **fields)
+
+
+def _check_utf8(body: bytes) -> None:
+    # msgspec keeps `data` as Raw bytes, which it never decodes: check the text once, here
+    # (`isascii` is a word-at-a-time scan, so most bodies never pay for the decode).
+    if not body.isascii() and not _is_utf8(body):
+        raise MalformedBody("body is not valid UTF-8")
+
+
+def _too_deep() -> MalformedBody:
+    return MalformedBody("body is nested too deeply")
+
+
+# Digits become "0", e/E become "e", everything else a space: a number with an exponent then shows
+# as "0e", and a run of 309 digits (the shortest that overflows a double) as 309 zeros.
+_NUMBER_SHAPES = bytes(
+    ord("0") if c in b"0123456789" else ord("e") if c in b"eE" else ord(" ") for c in range(256)
+)
+_LONG_DIGITS = b"0" * 309
+
+
+def _may_overflow(text: bytes) -> bool:
+    """False when no number in `text` can be out of range: it needs an exponent or 309+ digits.
+
+    Two C scans, so the common body never decodes its data (a string such as "5e3a" costs one
+    needless decode, never a wrong answer)."""
+    shapes = text.translate(_NUMBER_SHAPES)
+    return b"0e" in shapes or (len(text) >= len(_LONG_DIGITS) and _LONG_DIGITS in shapes)
+
+
+def _numbers_problem(data: msgspec.Raw) -> str | None:
+    """Why `data` holds a number msgspec cannot decode, or None."""
+    try:
+        _any.decode(data)
+    except msgspec.ValidationError:
+        return "holds a number no JSON decoder can represent (beyond a double, or over 4300 digits)"
+    except RecursionError:
+        raise _too_deep() from None
+    return None
+
+
+def _check_numbers(events: list[Incoming], pointer: Callable[[int], str]) -> None:
+    """Raise InvalidEvent naming `<pointer(i)>/data` for each event whose data cannot be decoded."""
+    problems = []
+    for i, event in enumerate(events):
+        problem = None if event.data is None else _numbers_problem(event.data)
+        if problem is not None:
+            problems.append(FieldProblem(f"{pointer(i)}/data", problem))
+    if problems:
+        raise InvalidEvent(problems)
 
 
 def _valid_time(value: str) -> bool:
@@ -424,7 +517,7 @@ def _extensions_of(value: bytes, extensions: dict[str, Any], problems: list[str]
     # Direct writers may put anything in `_x`: flag it rather than fail every query that reads it.
     try:
         decoded = _any.decode(value)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         decoded = None
     if isinstance(decoded, dict):
         extensions.update(decoded)
@@ -435,8 +528,26 @@ def _extensions_of(value: bytes, extensions: dict[str, Any], problems: list[str]
 def _data_of(value: bytes, direct: bool, problems: list[str]) -> msgspec.Raw | str:
     if not direct:
         return msgspec.Raw(value)
+    # Direct writers get the checks ingest makes. A problem marks the record, so that a consumer
+    # dead-letters it as invalid: raising here would crash-loop every consumer that reads it.
     try:
-        return _raw_any.decode(value)
+        data = _raw_any.decode(value)
+        problem = None if value.isascii() or _is_utf8(value) else "data is not valid UTF-8"
+        if problem is None and _may_overflow(value):
+            problem = _numbers_problem(data)
     except msgspec.DecodeError:
-        problems.append("data is not valid JSON")
-        return value.decode("utf-8", "replace")
+        problem = "data is not valid JSON"
+    except (RecursionError, MalformedBody):  # MalformedBody: _numbers_problem's "nested too deeply"
+        problem = "data is nested too deeply"
+    if problem is None:
+        return data
+    problems.append(problem if problem.startswith("data ") else f"data {problem}")
+    return value.decode("utf-8", "replace")
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

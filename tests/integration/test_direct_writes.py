@@ -1,17 +1,25 @@
-"""Producers may XADD straight into the log; such entries show up in queries, marked direct."""
+"""Producers may XADD straight into the log; such entries show up in queries, marked direct, and
+consumers dead-letter the ones that are not valid events."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from app.deadletters import Filter
 from app.keys import Keys
+from app.service import Services
 from app.settings import Settings
+from consumers.base import Consumer, Delivery
+from consumers.runner import Runner
+from tests.integration.helpers import wait_for
 
 Client = AsyncTestClient[Litestar]
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -90,3 +98,35 @@ async def test_a_malformed_direct_entry_is_listed_with_its_problems_not_a_500(
     assert resp.status_code == 200, resp.text
     problems = {r["entry_id"]: r["problems"] for r in resp.json()["events"]}
     assert problems == {good: [], bad_data: ["data is not valid JSON"], bad_ext: ["_x is not a JSON object"]}
+
+
+async def test_a_deeply_nested_direct_entry_is_listed_with_its_problem_and_dead_lettered_as_invalid(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings, services: Services
+) -> None:
+    # Deeper than msgspec can decode (it stops near Python's recursion limit): reading it used to
+    # raise RecursionError, a 500 for queries and a crash loop for every consumer.
+    deep = await xadd(redis, settings, type="t", source="billing", data="[" * 5000 + "]" * 5000)
+    good = await xadd(redis, settings, type="t", source="billing", data='{"ok": true}')
+    listed = await client.get("/v1/events", headers=auth)
+    assert listed.status_code == 200, listed.text
+    problems = {r["entry_id"]: r["problems"] for r in listed.json()["events"]}
+    assert problems == {deep: ["data is nested too deeply"], good: []}
+
+    got: list[Any] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery.data)
+
+    runner = Runner([Consumer("direct", handler)], redis, settings, "w1")
+    task = asyncio.create_task(runner.run())
+    try:
+        async def done() -> bool:
+            return got == [{"ok": True}] and bool(await services.dead_letters.list(Filter()))
+
+        await wait_for(done)
+    finally:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)
+    [letter] = await services.dead_letters.list(Filter())
+    assert (letter.entry_id, letter.reason) == (deep, "invalid")
+    assert "nested too deeply" in letter.error

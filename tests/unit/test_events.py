@@ -352,3 +352,70 @@ def test_a_batch_with_leading_whitespace_is_read() -> None:
 def test_a_batch_of_another_media_type_is_unsupported() -> None:
     with pytest.raises(UnsupportedMediaType):
         parse_batch(b'[{"type": "a"}]', "text/csv")
+
+
+# -- hostile input (see also tests/property/test_bad_input.py, through the HTTP API) -------------------
+
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
+@pytest.mark.parametrize("body", [b'{"type": "t", "data": ' + DEEP + b"}", b'{"type": "t", "x": ' + DEEP + b"}",
+                                  b'{"type": "t", "data": {"a": "\xc3\x28"}}', b'{"type": "\xff"}',
+                                  b'{"type": "t", "ext": "\xc0\xaf"}'])
+def test_deep_nesting_and_invalid_utf8_are_malformed_bodies(body: bytes) -> None:
+    with pytest.raises(MalformedBody):
+        one(body)
+    with pytest.raises(MalformedBody):
+        parse_batch(b"[" + body + b"]", JSON)
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"a": "\xc3\x28"}'])
+def test_binary_mode_json_data_nested_too_deeply_or_not_utf8_is_a_malformed_body(body: bytes) -> None:
+    with pytest.raises(MalformedBody):
+        one(body, JSON, binary_headers(type="t"))
+
+
+@pytest.mark.parametrize("data", [b"1e400", b"-1E+999", b"[1, 2.5e308]", b"9" * 5000, b"1" + b"0" * 400 + b".5",
+                                  b'{"a": "5e3a", "b": 1' + b"0" * 300 + b"e9}"])
+def test_numbers_no_decoder_can_represent_are_refused_at_data(data: bytes) -> None:
+    with pytest.raises(InvalidEvent) as exc:
+        one(b'{"type": "t", "data": ' + data + b"}")
+    assert pointers(exc) == ["/data"]
+    with pytest.raises(InvalidEvent) as exc:
+        parse_batch(b'[{"type": "t"}, {"type": "t", "data": ' + data + b', "ext": 1}, {"type": "t", "data": '
+                    + data + b"}]", JSON)
+    assert pointers(exc) == ["/events/1/data", "/events/2/data"]
+    with pytest.raises(InvalidEvent) as exc:
+        one(data, JSON, binary_headers(type="t"))
+    assert pointers(exc) == ["/data"]
+
+
+@pytest.mark.parametrize("data", [b"1e308", b"-2.5E-400", b"123456789012345678901234567890", b"9" * 4000,
+                                  b'"1e999"', b'{"id": "5e3a", "n": 1.5e10}'])
+def test_numbers_a_decoder_can_represent_are_kept_verbatim(data: bytes) -> None:
+    assert bytes(one(b'{"type": "t", "data": ' + data + b"}").data or b"") == data
+
+
+@pytest.mark.parametrize("value", [-(2**31), 0, 2**31 - 1])
+def test_integer_extensions_within_32_bits_are_kept(value: int) -> None:
+    assert one({"type": "t", "seq": value}).extensions == {"seq": value}
+
+
+@pytest.mark.parametrize("raw", [str(2**31).encode(), str(-(2**31) - 1).encode(), b"9" * 30, b"9" * 5000, b"1e400"])
+def test_integer_extensions_beyond_32_bits_are_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidEvent) as exc:
+        one(b'{"type": "t", "seq": ' + raw + b"}")
+    assert pointers(exc) == ["/seq"]
+
+
+def test_a_bad_event_in_a_fast_batch_is_named_by_its_index() -> None:
+    with pytest.raises(InvalidEvent) as exc:
+        parse_batch(b'[{"type": "a"}, {"type": "a", "time": "yesterday"}, {"type": "a", "time": "never"}]', JSON)
+    assert pointers(exc) == ["/events/1/time", "/events/2/time"]
+
+
+@pytest.mark.parametrize("text", ["é", "YQ==é", "\u00e9"])
+def test_non_ascii_data_base64_is_invalid(text: str) -> None:
+    with pytest.raises(InvalidEvent) as exc:
+        one({"type": "t", "data_base64": text})
+    assert pointers(exc) == ["/data_base64"]

@@ -117,7 +117,27 @@ def test_a_direct_entry_without_type_or_source_is_flagged() -> None:
     assert sorted(record.problems) == ["missing source", "missing type"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"x"'])
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"[" * 5000 + b"]" * 5000, "data is nested too deeply"),
+    (b'{"name": "\xed\xa0\x80"}', "data is not valid UTF-8"),
+    (b'{"n": 1e400}', "data holds a number no JSON decoder can represent (beyond a double, or over 4300 digits)"),
+    (b"9" * 5000, "data holds a number no JSON decoder can represent (beyond a double, or over 4300 digits)"),
+])
+def test_a_direct_entry_with_data_no_consumer_can_decode_is_flagged_not_raised(data: bytes, problem: str) -> None:
+    # Raising here would crash-loop every consumer (and fail every query) that reads the entry.
+    record = read({b"type": b"t", b"source": b"s", b"data": data})
+    assert record.problems == [problem]
+    assert isinstance(record.event["data"], str)
+    msgspec.json.encode(record)  # and it can still be shown
+
+
+def test_a_direct_entry_with_big_but_decodable_numbers_is_fine() -> None:
+    record = read({b"type": b"t", b"source": b"s", b"data": b'{"n": 1e300, "i": 123456789012345678901234567890}'})
+    assert record.problems == []
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"x"', b'{"a":' * 3000 + b"1" + b"}" * 3000,
+                                 b'{"n": 1e400}'])
 def test_a_direct_entry_with_a_broken_extensions_field_is_flagged_not_fatal(raw: bytes) -> None:
     record = read({b"type": b"t", b"source": b"s", b"_x": raw})
     assert record.direct
