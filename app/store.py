@@ -373,15 +373,24 @@ class Query(msgspec.Struct, kw_only=True):
             return None
         try:
             entry_id, _, partition = base64.urlsafe_b64decode(self.cursor.encode() + b"==").decode().partition("/")
+            if not is_entry_id(entry_id):  # Redis answers an id beyond 2^64 with an error
+                raise ValueError(entry_id)
             ms, seq = _entry_key(entry_id)
             return ms, seq, int(partition)
         except (ValueError, UnicodeDecodeError):
             raise InvalidEvent([FieldProblem("/cursor", "not a cursor returned by this API")]) from None
 
     def bounds(self, partition: int) -> tuple[str, str]:
-        """(upper, lower) XRANGE bounds for one partition, honouring the time range and cursor."""
-        hi = f"({self.until_ms}-0" if self.until_ms is not None else "+"
-        lo = f"{self.since_ms}-0" if self.since_ms is not None else "-"
+        """(upper, lower) XRANGE bounds for one partition, honouring the time range and cursor.
+
+        Redis refuses ids below 0 or beyond 2^64-1 and an exclusive "(0-0", so a time range is clamped
+        to what it accepts, and one no entry id can fall in becomes `_EMPTY` (an upper bound below the
+        lower one: XRANGE answers nothing)."""
+        until, since = self.until_ms, self.since_ms
+        if (until is not None and until <= 0) or (since is not None and since > _MAX_MS):
+            return _EMPTY
+        hi = f"({until}-0" if until is not None and until <= _MAX_MS else "+"
+        lo = f"{since}-0" if since is not None and since > 0 else "-"
         after = self.after()
         if after is not None:
             ms, seq, cp = after
@@ -393,6 +402,10 @@ class Query(msgspec.Struct, kw_only=True):
                 inclusive = partition > cp
                 lo = _tighter(lo, f"{'' if inclusive else '('}{ms}-{seq}", upper=False)
         return hi, lo
+
+
+_MAX_MS = 2**64 - 1
+_EMPTY = ("0-0", "0-1")  # (upper, lower): no entry id is both <= 0-0 and >= 0-1
 
 
 class Page(msgspec.Struct):
