@@ -1,11 +1,13 @@
 """Event types API: register types, add schema versions, read them, dry-run a sample event.
 
 Reading and the dry run take any valid key (producers may look up the schemas they must follow);
-changes need the operator API token.
+validation failures are scoped like events (a producer key sees only its own); changes need the
+operator API token.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -89,11 +91,21 @@ async def get_version(request: AnyRequest, name: FromPath[str], version: FromPat
     return _json(await svc.schemas.version(name, version))
 
 
-@get("/v1/event-types/{name:str}/failures", summary="Validation failures of a type: counts and the latest ones")
+@get("/v1/event-types/{name:str}/failures",
+     summary="Validation failures of a type: counts and the latest ones (a producer key: its own only)")
 async def failures(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
-    svc = await _reader(request)
-    counts = (await svc.schemas.failure_counts()).get(name, {})
-    return _json({"counts": counts, "recent": await svc.schemas.recent_failures(name)})
+    svc = services(request)
+    scope = await svc.reader_scope(request.headers.get("authorization"))
+    recent = await svc.schemas.recent_failures(name)
+    if scope is None:
+        counts = (await svc.schemas.failure_counts()).get(name, {})
+    else:
+        # A failure names its source and event id. The counters are per type, not per source, so a
+        # producer's counts are those of its own failures among the recent ones (as /v1/stats does
+        # for dead letters).
+        recent = [f for f in recent if f.source == scope]
+        counts = dict(Counter(f.outcome for f in recent))
+    return _json({"counts": counts, "recent": recent})
 
 
 @post("/v1/event-types/{name:str}/validate", status_code=200,

@@ -30,16 +30,14 @@ MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 TOKEN = "routes-test-operator-token"
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 PUBLIC = ("/healthz", "/readyz", "/schema", "/static/", "/login", "/metrics")
-# What a producer key may do besides ingest: read its own events and their counts (scoped to its source),
-# read the type registry, dry-run a sample.
+# What a producer key may do besides ingest: read its own events, their counts and its own validation
+# failures (scoped to its source), read the type registry, dry-run a sample.
 PRODUCER_MAY = {
     ("POST", "/v1/events"), ("POST", "/v1/events/batch"), ("GET", "/v1/events"), ("GET", "/v1/events/{ident:str}"),
     ("GET", "/v1/stats"), ("GET", "/v1/event-types"), ("GET", "/v1/event-types/{name:str}"),
     ("GET", "/v1/event-types/{name:str}/schemas"), ("GET", "/v1/event-types/{name:str}/schemas/{version:int}"),
-    ("POST", "/v1/event-types/{name:str}/validate"),
+    ("POST", "/v1/event-types/{name:str}/validate"), ("GET", "/v1/event-types/{name:str}/failures"),
 }
-# Open to producer keys today, and it should not be: see the xfail at the end of this module.
-LEAKS = {("GET", "/v1/event-types/{name:str}/failures")}
 
 
 def routes(settings: Settings) -> Iterator[tuple[str, str, Any]]:
@@ -96,8 +94,6 @@ async def test_a_producer_key_reaches_only_ingest_its_events_and_the_type_regist
     api = [(m, p) for m, p, _ in routes(settings) if kind(p) == "api"]
     async with make_client(api_token=TOKEN) as client:
         for method, path in api:
-            if (method, path) in LEAKS:
-                continue
             resp = await client.request(method, concrete(path), json={"type": "t"}, headers=auth_header)
             if (method, path) in PRODUCER_MAY:
                 assert resp.status_code not in (401, 403), (method, path, resp.text[:200])
@@ -120,9 +116,7 @@ async def test_without_a_session_the_dashboard_only_redirects_to_the_login_form(
                 assert resp.status_code == 401, (method, path, resp.status_code)
 
 
-@pytest.mark.xfail(strict=True, reason="app/web/types.py: GET /v1/event-types/{name}/failures takes any producer "
-                                       "key and shows every producer's failures (source, event id, errors)")
-async def test_a_producer_key_cannot_read_another_producers_validation_failures(
+async def test_a_producer_key_reads_only_its_own_validation_failures(
     make_client: MakeClient, new_producer: Callable[[str], Awaitable[dict[str, str]]]
 ) -> None:
     alice, bob = await new_producer("alice"), await new_producer("bob")
@@ -135,5 +129,12 @@ async def test_a_producer_key_cannot_read_another_producers_validation_failures(
         refused = await client.post("/v1/events", headers=alice,
                                     json={"type": "order.created", "id": "alice-secret-order", "data": {}})
         assert refused.status_code == 422, refused.text
+        refused = await client.post("/v1/events", headers=bob, json={"type": "order.created", "data": {}})
+        assert refused.status_code == 422, refused.text
         seen = await client.get("/v1/event-types/order.created/failures", headers=bob)
-    assert "alice" not in seen.text, seen.text
+        everyone = await client.get("/v1/event-types/order.created/failures", headers=operator)
+    assert seen.status_code == 200 and "alice" not in seen.text, seen.text
+    assert seen.json()["counts"] == {"rejected": 1}
+    assert [f["source"] for f in seen.json()["recent"]] == ["bob"]
+    assert everyone.json()["counts"] == {"rejected": 2}
+    assert sorted(f["source"] for f in everyone.json()["recent"]) == ["alice", "bob"]
