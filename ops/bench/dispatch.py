@@ -100,7 +100,8 @@ async def faststream(python: str, redis: Redis, url: str, stream: str, group: st
                                   timeout=timeout_s + 60, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"FastStream {mode} consumer failed: {out.stderr[-1000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    [line] = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
     return float(result["events"] / result["seconds"])
 
 

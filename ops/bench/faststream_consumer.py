@@ -7,7 +7,8 @@ Runs in the bench-only venv (see extras.py) as a script, so it imports nothing f
 The group must exist already (made at id 0 by the harness): FastStream creates groups at `$`, so on
 its own it would never read what the log already holds. The handler takes the entry as a dict (what a
 user would type it as) and does nothing; FastStream acknowledges each message (one mode) or each
-batch of 100 (batch mode) after the handler returns. Prints JSON: {"events": n, "seconds": s}.
+batch of 100 (batch mode) after the handler returns. Its per-message log lines are turned off
+(`logger=None`), as EventFlow's worker writes none either. Prints `RESULT {"events": n, "seconds": s}`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ BATCH = 100
 
 
 async def main(url: str, stream: str, group: str, events: int, timeout_s: float, mode: str) -> None:
-    broker = RedisBroker(url)
+    broker = RedisBroker(url, logger=None)
     seen = 0
     first = last = 0.0
     done = asyncio.Event()
@@ -56,7 +57,7 @@ async def main(url: str, stream: str, group: str, events: int, timeout_s: float,
     finally:
         await broker.stop()
     # From the first handler call to the last: start-up is not counted against FastStream.
-    print(json.dumps({"events": seen, "seconds": max(last - first, 1e-9)}))
+    print("RESULT", json.dumps({"events": seen, "seconds": max(last - first, 1e-9)}))
 
 
 if __name__ == "__main__":
