@@ -14,6 +14,8 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+from redis.commands import AsyncCoreCommands
 
 from app.errors import ConfigError, Unavailable
 from app.settings import Durability, Settings
@@ -165,6 +167,69 @@ async def _packed_on_nodes(
 def _key_of(command: tuple[Any, ...]) -> Any:
     name = command[0].upper() if isinstance(command[0], str) else command[0].decode().upper()
     return command[_KEY_AT.get(name, 1)]
+
+
+def transaction(redis: Redis) -> Any:
+    """A MULTI/EXEC pipeline: `pipe = transaction(redis); pipe.hset(...); await pipe.execute()`.
+
+    On one server, redis-py's own. On a cluster, a `ClusterTransaction`: redis-py 8's cluster
+    transaction runs every queued command in a thread with an event loop of its own (and initializes
+    the client in that loop), which blocks the caller's loop and breaks a fresh client."""
+    return ClusterTransaction(redis) if isinstance(redis, RedisCluster) else redis.pipeline(transaction=True)
+
+
+class ClusterTransaction(AsyncCoreCommands):  # type: ignore[misc]
+    """Queued commands sent as MULTI ... EXEC to the node of their slot, on one connection, replies
+    parsed as redis-py parses them. Commands whose keys span slots cannot share a MULTI on a cluster:
+    they are sent as a plain cluster pipeline instead (only metadata does that; see README)."""
+
+    def __init__(self, redis: RedisCluster) -> None:
+        self.redis = redis
+        self.commands: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> ClusterTransaction:
+        self.commands.append((args, options))
+        return self
+
+    async def __aenter__(self) -> ClusterTransaction:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.commands.clear()
+
+    async def execute(self) -> list[Any]:
+        commands, self.commands = self.commands, []
+        if not commands:
+            return []
+        redis = self.redis
+        await redis.initialize()
+        try:
+            slots = {await redis._determine_slot(*args) for args, _ in commands}
+        except rx.RedisClusterException:
+            slots = set()
+        if len(slots) != 1:
+            pipe = redis.pipeline(transaction=False)
+            for args, options in commands:
+                pipe.execute_command(*args, **options)
+            return await pipe.execute()  # type: ignore[no-any-return]
+        node = redis.nodes_manager.get_node_from_slot(slots.pop())
+        packed = [("MULTI",), *(args for args, _ in commands), ("EXEC",)]
+        replies = await _packed_on(node, packed)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        if replies[-1] is None:
+            raise rx.WatchError("the transaction was aborted")
+        return [self._parse(args, options, reply) for (args, options), reply in zip(commands, replies[-1], strict=True)]
+
+    def _parse(self, args: tuple[Any, ...], options: dict[str, Any], reply: Any) -> Any:
+        if isinstance(reply, Exception):
+            raise reply
+        options = {k: v for k, v in options.items() if k not in ("keys", NEVER_DECODE, EMPTY_RESPONSE)}
+        callback = self.redis.response_callbacks.get(args[0]) or self.redis.response_callbacks.get(str(args[0]).upper())
+        return callback(reply, **options) if callback else reply
 
 
 def unavailable(exc: BaseException, settings: Settings) -> Unavailable:

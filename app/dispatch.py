@@ -17,7 +17,7 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from app.connections import execute_packed
+from app.connections import execute_packed, transaction
 from app.keys import Keys
 from app.scripts import Scripts
 from app.settings import Settings
@@ -192,14 +192,14 @@ class Dispatch:
     async def schedule_retry(self, group: str, entry: Pending, attempt: Attempt) -> None:
         """Record a failed attempt and schedule the next one; the entry stays pending meanwhile."""
         assert attempt.next_at_ms is not None
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = transaction(self.redis)
         self._record(pipe, group, entry, attempt)
         pipe.zadd(self.keys.retry_schedule(entry.partition, group), {entry.member: attempt.next_at_ms})
         await pipe.execute()
 
     async def record(self, group: str, entry: Pending, attempt: Attempt) -> None:
         """Add an attempt record (a success after failures, a replay...)."""
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = transaction(self.redis)
         self._record(pipe, group, entry, attempt)
         await pipe.execute()
 

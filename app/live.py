@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from functools import cached_property
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from app.connections import is_unavailable
 from app.errors import Unavailable
@@ -141,6 +141,7 @@ class LiveHub:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._streams = {self.keys.stream(p): p for p in range(self.keys.partitions)}
+        self._reads: dict[int, asyncio.Future[Any]] = {}  # on a cluster: the read in flight per partition
 
     async def start(self) -> None:
         if self._task is None:
@@ -219,10 +220,44 @@ class LiveHub:
                 # Nobody watches: sleep, and start again from the log's tail when someone does.
                 self._wanted.clear()
                 self._ready.clear()
+                self._drop_reads()
 
     async def _read_once(self) -> None:
+        if isinstance(self.redis, RedisCluster):
+            return await self._read_partitions()
         streams: dict[Any, Any] = {key: self.positions[p] for key, p in self._streams.items()}
-        reply = await self.redis.xread(streams, count=self.batch, block=self.block_ms)
+        self._deliver(await self.redis.xread(streams, count=self.batch, block=self.block_ms))
+
+    async def _read_partitions(self) -> None:
+        """On a cluster one XREAD cannot name keys of several slots: a blocking read per partition,
+        each sent again as soon as it answers; a partition whose node is down holds up no other."""
+        reads = self._reads
+        for key, p in self._streams.items():
+            if p not in reads:
+                reads[p] = asyncio.ensure_future(
+                    self.redis.xread({key: self.positions[p]}, count=self.batch, block=self.block_ms))
+        try:
+            done, _ = await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._drop_reads()
+            raise
+        failed: BaseException | None = None
+        for p, task in list(reads.items()):
+            if task in done:
+                del reads[p]
+                if task.exception() is not None:
+                    failed = task.exception()
+                else:
+                    self._deliver(task.result())
+        if failed is not None:
+            raise failed
+
+    def _drop_reads(self) -> None:
+        for task in self._reads.values():
+            task.cancel()
+        self._reads.clear()
+
+    def _deliver(self, reply: Any) -> None:
         for stream, entries in reply or []:
             p = self._streams[_s(stream)]
             for entry_id, fields in entries:

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from app.connections import redis_errors
+from app.connections import redis_errors, transaction
 from app.errors import Conflict, FieldProblem, Forbidden, InvalidEvent, NotFound, Unauthorized
 from app.keys import Keys
 from app.settings import Settings
@@ -121,7 +121,7 @@ class Producers:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         new = msgspec.structs.replace(record, key_hash=hash_key(key), revoked_ms=None)
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hdel(self.keys.producer_keys, record.key_hash)
             pipe.hset(self.keys.producer_keys, new.key_hash, name)
             pipe.hset(self.keys.producers, name, msgspec.json.encode(new))
@@ -133,7 +133,7 @@ class Producers:
         record = await self._get(name)
         revoked = msgspec.structs.replace(record, revoked_ms=record.revoked_ms or _now_ms())
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hdel(self.keys.producer_keys, record.key_hash)
             pipe.hset(self.keys.producers, name, msgspec.json.encode(revoked))
             pipe.xadd(self.keys.producers_changed, {"producer": name}, maxlen=1000, approximate=True)
@@ -146,7 +146,7 @@ class Producers:
         every web process within CHANGE_CHECK_S."""
         record = msgspec.structs.replace(await self._get(name), types=check_types(types))
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hset(self.keys.producers, name, msgspec.json.encode(record))
             pipe.xadd(self.keys.producers_changed, {"producer": name}, maxlen=1000, approximate=True)
             await pipe.execute()

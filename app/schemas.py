@@ -34,7 +34,7 @@ from urllib.parse import quote
 import msgspec
 from redis.asyncio import Redis
 
-from app.connections import redis_errors
+from app.connections import redis_errors, transaction
 from app.errors import Conflict, FieldProblem, InvalidEvent, NotFound
 from app.events import Incoming, Record
 from app.keys import Keys
@@ -285,7 +285,7 @@ class Schemas:
             self._next_check = time.monotonic() + REFRESH_S
 
     async def _reload(self) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = transaction(self.redis)
         pipe.get(self.keys.types_changed)
         pipe.hgetall(self.keys.event_types)
         pipe.hgetall(self.keys.type_versions)
@@ -366,7 +366,7 @@ class Schemas:
                 setattr(record, field, value)
         record.updated_ms = now
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hset(self.keys.event_types, name, _encode(record))
             pipe.incr(self.keys.types_changed)
             await pipe.execute()
@@ -425,7 +425,7 @@ class Schemas:
 
     async def _find(self, name: str) -> EventType | None:
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hget(self.keys.event_types, name)
             pipe.hget(self.keys.type_versions, name)
             raw, version = await pipe.execute()
@@ -433,7 +433,7 @@ class Schemas:
 
     async def registered(self) -> list[EventType]:
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hgetall(self.keys.event_types)
             pipe.hgetall(self.keys.type_versions)
             registry, current = await pipe.execute()

@@ -17,7 +17,7 @@ import time
 import msgspec
 from redis.asyncio import Redis
 
-from app.connections import redis_errors
+from app.connections import redis_errors, transaction
 from app.keys import Keys
 from app.settings import Settings
 from app.users import Role, User
@@ -63,7 +63,7 @@ class Sessions:
         digest = token_hash(token)
         session = Session(user=user.name, role=user.role, csrf=secrets.token_urlsafe(32), created_ms=_now_ms())
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             if previous_token:
                 pipe.delete(self.keys.session(token_hash(previous_token)))
             pipe.set(self.keys.session(digest), msgspec.json.encode(session), ex=self.settings.session_idle_s)
@@ -78,7 +78,7 @@ class Sessions:
             return None
         digest = token_hash(token)
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.getex(self.keys.session(digest), ex=self.settings.session_idle_s)
             if take_flashes:
                 pipe.lrange(self.keys.session_flash(digest), 0, MAX_FLASHES - 1)
@@ -102,7 +102,7 @@ class Sessions:
         """Queue a one-time notice for the session's next page (POST, then redirect, then show)."""
         key = self.keys.session_flash(token_hash(token))
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.rpush(key, message)
             pipe.ltrim(key, -MAX_FLASHES, -1)
             pipe.expire(key, 300)
@@ -149,7 +149,7 @@ class LoginThrottle:
     async def failed(self, client: str) -> None:
         key = self.keys.login_failures(client)
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.incr(key)
             pipe.expire(key, self.settings.login_window_s, nx=True)
             await pipe.execute()

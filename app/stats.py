@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from app.connections import redis_errors
+from app.connections import redis_errors, transaction
 from app.errors import FieldProblem, InvalidEvent
 from app.keys import Keys
 from app.settings import Settings
@@ -110,7 +110,7 @@ class StatsWriter:
         if not counts:
             return 0
         self._counts, self._added = {}, 0
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = transaction(self.redis)
         for minute, fields in counts.items():
             key = self.keys.stats_minute(minute)
             for name, n in fields.items():

@@ -27,7 +27,7 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from app.connections import redis_errors
+from app.connections import redis_errors, transaction
 from app.errors import Conflict, FieldProblem, InvalidEvent, NotFound
 from app.keys import Keys
 from app.settings import Settings
@@ -354,7 +354,7 @@ class Webhooks:
     async def delete(self, ident: str) -> SubscriptionView:
         view = await self.get(ident)
         async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = transaction(self.redis)
             pipe.hdel(self.keys.webhooks, ident)
             pipe.hdel(self.keys.webhook_deliveries, ident)
             await pipe.execute()

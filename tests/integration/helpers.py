@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 
+from app.keys import Keys
+from app.settings import Settings
+
 JSON = {"Content-Type": "application/json"}
 PROBLEM_JSON = "application/problem+json"
 
@@ -37,3 +40,10 @@ async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout_s: float
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+def home_stream(settings: Settings, source: str = "billing", subject: str = "") -> str:
+    """The log stream that holds a source's events without a partition key (partition 0 on one
+    partition; any of them on a partitioned log, such as the cluster tests')."""
+    keys = Keys(settings.prefix, settings.partitions)
+    return keys.stream(keys.partition_of(f"{source}\n{subject}"))

@@ -14,12 +14,11 @@ from redis.asyncio import Redis
 
 from app.deadletters import Filter
 from app.events import parse_request
-from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
 from consumers.base import Backoff, Consumer, Delivery, Permanent, Retry
 from consumers.runner import Runner
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import home_stream, wait_for
 
 Handler = Callable[[Delivery], Awaitable[Any]]
 
@@ -114,8 +113,8 @@ async def test_types_filter_skips_other_events_without_calling_the_handler(
         await post(services, f'{{"type":"{t}"}}'.encode())
 
     async def drained() -> bool:
-        info = await redis.xinfo_groups(Keys(settings.prefix).stream(0))
-        return info[0]["pending"] == 0 and info[0]["lag"] == 0
+        info = await redis.xinfo_groups(home_stream(settings))
+        return bool(info) and info[0]["pending"] == 0 and info[0]["lag"] == 0
 
     await wait_for(drained)
     assert got == ["order.created", "refund.issued", "order.paid"]
@@ -206,7 +205,7 @@ async def test_invalid_direct_entry_is_dead_lettered_at_once_and_does_not_block_
         got.append(delivery.data)
 
     run_consumers(Consumer("direct", handler))
-    stream = Keys(settings.prefix).stream(0)
+    stream = home_stream(settings)
     await redis.xadd(stream, {"type": "x", "source": "ext", "data": "{not json"})
     await redis.xadd(stream, {"type": "x", "source": "ext", "data": '{"ok": true}'})
 
@@ -232,7 +231,7 @@ async def test_entries_deleted_while_pending_are_counted_lost_and_the_loop_goes_
     runner = run_consumers(Consumer("lossy", fails_once))
     doomed = await post(services, b'{"type":"t","data":"doomed"}')
     await wait_for(lambda: _true(attempts == [doomed]))
-    await redis.xdel(Keys(settings.prefix).stream(0), doomed)  # trimmed while waiting for its retry
+    await redis.xdel(home_stream(settings), doomed)  # trimmed while waiting for its retry
     ok = await post(services, b'{"type":"t","data":"fine"}')
     await wait_for(lambda: _true(ok in attempts and sum(loop.lost for loop in runner.loops) == 1))
     assert attempts.count(doomed) == 1

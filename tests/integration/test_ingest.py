@@ -21,6 +21,7 @@ from app.events import parse_request
 from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
+from tests.integration.helpers import home_stream
 
 Client = AsyncTestClient[Litestar]
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -30,7 +31,9 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 async def log_entries(redis: Redis, settings: Settings) -> list[tuple[str, dict[str, str]]]:
-    raw = await redis.xrange(Keys(settings.prefix).stream(0))
+    """Every entry of the log (of every partition, in partition order)."""
+    keys = Keys(settings.prefix, settings.partitions)
+    raw = [entry for p in range(keys.partitions) for entry in await redis.xrange(keys.stream(p))]
     return [(e.decode(), {k.decode(): v.decode() for k, v in f.items()}) for e, f in raw]
 
 
@@ -121,7 +124,7 @@ async def test_a_batch_of_one_thousand_is_accepted_by_default(
     resp = await client.post("/v1/events/batch", json=[{"type": "bulk"}] * 1000, headers=auth)
     assert resp.status_code == 202, resp.text
     assert len({a["entry_id"] for a in resp.json()["events"]}) == 1000
-    assert await redis.xlen(Keys(settings.prefix).stream(0)) == 1000
+    assert await redis.xlen(home_stream(settings)) == 1000
 
 
 # -- idempotency ---------------------------------------------------------------------------------

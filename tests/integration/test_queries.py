@@ -156,7 +156,7 @@ async def test_paging_serves_every_event_exactly_once_in_order(
 ) -> None:
     async with make_client(api_token="operator-token") as c:
         await c.post("/v1/events/batch", json=[{"type": "t", "data": i} for i in range(23)], headers=auth)
-        expected = await log_order(redis, settings, 1, newest_first=order == "desc")
+        expected = await log_order(redis, settings, settings.partitions, newest_first=order == "desc")
         assert len(expected) == 23
         for who in (OPERATOR, auth):  # the raw stream path and the source-index path
             assert await every_page(c, who, limit=5, order=order) == expected
