@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("--data-dir", default=None, help="data folder (default: $EVENTFLOW_DATA_DIR/redis)")
     embedded.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
                           help="AOF fsync policy (`always` for EVENTFLOW_DURABILITY=fsync)")
+    embedded.add_argument("--cluster", type=int, default=0, metavar="PRIMARIES",
+                          help="form a Valkey Cluster of this many primaries instead (ports chosen freely)")
     embedded.set_defaults(handler=devstack.run_embedded)
 
     cfg = sub.add_parser("config", help="show every setting, its variable and its current value")

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app.embedded import EmbeddedServer
+from app.embedded import EmbeddedCluster, EmbeddedServer
 from app.errors import Conflict, EventFlowError, NotFound, Unauthorized
 from app.settings import Settings
 
@@ -51,6 +51,8 @@ def _stop_on_sigterm() -> None:
 def run_embedded(args: argparse.Namespace, settings: Settings) -> int:
     _stop_on_sigterm()
     data_dir = Path(args.data_dir or Path(settings.data_dir) / "redis")
+    if args.cluster:
+        return _run_embedded_cluster(data_dir.with_name(data_dir.name + "-cluster"), args.cluster)
     server = EmbeddedServer(data_dir, port=args.port, appendfsync=args.appendfsync).start()
     print(f"embedded Valkey on {server.url} (data in {data_dir}, AOF {args.appendfsync}); Ctrl-C stops it")
     try:
@@ -59,6 +61,20 @@ def run_embedded(args: argparse.Namespace, settings: Settings) -> int:
         pass
     finally:
         server.stop()
+    return 0
+
+
+def _run_embedded_cluster(data_dir: Path, primaries: int) -> int:
+    cluster = EmbeddedCluster(data_dir, primaries=primaries).start()
+    print(f"embedded Valkey Cluster of {primaries} primaries (data in {data_dir}); Ctrl-C stops it\n"
+          f"REDIS_URL={cluster.url}")
+    try:
+        for node in cluster.nodes:
+            node.process.wait() if node.process else None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
     return 0
 
 

@@ -165,10 +165,17 @@ class EmbeddedCluster:
             "cluster-require-full-coverage": "no",
             "cluster-allow-reads-when-down": "no",
         }
-        # The bus port must be free too (by default it is the port + 10000, which may be taken or too high).
-        self.nodes = [EmbeddedServer(self.data_dir / f"node{n}", port=_port_below(55536),
-                                     extra={**extra, "cluster-port": str(_port_below(65536))})
-                      for n in range(primaries)]
+        # The bus port must be free too (by default it is the port + 10000, which may be taken or too
+        # high). Ports are kept in the folder: a restarted node finds its peers where nodes.conf says.
+        ports_file = self.data_dir / "ports"
+        if ports_file.exists():
+            ports = [tuple(map(int, line.split())) for line in ports_file.read_text().splitlines()]
+        else:
+            ports = [(_port_below(55536), _port_below(65536)) for _ in range(primaries)]
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            ports_file.write_text("".join(f"{port} {bus}\n" for port, bus in ports))
+        self.nodes = [EmbeddedServer(self.data_dir / f"node{n}", port=port, extra={**extra, "cluster-port": str(bus)})
+                      for n, (port, bus) in enumerate(ports)]
 
     @property
     def url(self) -> str:
