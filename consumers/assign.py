@@ -10,7 +10,8 @@ A seat is a lease (app/lua/lease.lua) in the partition's own hash tag, so on a c
 the node that holds the partition. Every worker aims to hold ceil(seats / workers) of them, never two
 of one partition: at each tick it renews its own, gives back extras when workers join, and takes free
 ones when workers leave or die. Leases last two thirds of the consumer's lease and ticks come every
-quarter of it (at most 5 s), so a dead worker's partitions are read again within the lease time.
+quarter of it (at most 5 s; every 0.25 s while the worker count or the seats just changed), so a
+dead worker's partitions are read again within the lease time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from redis.asyncio import Redis
 from app.dispatch import now_ms
 from app.keys import Keys
 from app.scripts import source
+
+QUICK_TICK_S = 0.25
 
 
 @dataclass
@@ -45,7 +48,9 @@ class Seats:
         self.holder = holder
         self.ordered = ordered
         self.ttl_ms = max(300, int(lease_s * 1000 * 2 / 3))
-        self.tick_s = min(5.0, lease_s / 4)
+        self.routine_tick_s = min(5.0, lease_s / 4)
+        self.tick_s = QUICK_TICK_S  # until the worker count settles (see tick)
+        self._workers = 0
         self.held: dict[int, int] = {}  # partition -> seat number
         self.leaving: set[int] = set()  # held, being drained before they are given back
         self._lease = redis.register_script(source("lease"))
@@ -70,8 +75,11 @@ class Seats:
         return per, min(partitions, math.ceil(partitions * per / workers))
 
     async def tick(self) -> Changes:
-        """Renew, then give back or take seats."""
-        per, target = self.plan(await self.workers())
+        """Renew, then give back or take seats. While workers come and go, the next tick comes soon
+        (two workers that start together may both reach for the same seat first)."""
+        workers = await self.workers()
+        settled, self._workers = workers == self._workers, workers
+        per, target = self.plan(workers)
         out = Changes()
         for partition, seat in list(self.held.items()):
             if not await self._lease([self._key(partition, seat)], [self.holder, "renew", self.ttl_ms]):
@@ -96,6 +104,8 @@ class Seats:
                     out.gained.append(partition)
                     wanted -= 1
                     break
+        changed = out.gained or out.leave or out.lost
+        self.tick_s = self.routine_tick_s if settled and not changed else QUICK_TICK_S
         return out
 
     def _order(self, partition: int) -> int:

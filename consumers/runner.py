@@ -28,7 +28,7 @@ from app.ids import trace_id
 from app.metrics import Metrics, default_metrics
 from app.settings import Settings
 from app.tracing import Tracer, from_settings
-from consumers.assign import Seats
+from consumers.assign import Changes, Seats
 from consumers.base import Consumer, Delivery, Permanent, Retry
 
 log = logging.getLogger("eventflow.consumers")
@@ -97,7 +97,7 @@ class GroupLoop:
     """
 
     def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str,
-                 observers: Observers | None = None) -> None:
+                 observers: Observers | None = None, outage: Outage | None = None) -> None:
         self.consumer = consumer
         self.dispatch = dispatch
         self.partition = partition
@@ -105,7 +105,7 @@ class GroupLoop:
         self.halt = asyncio.Event()  # stop reading: shutdown, or the partition goes to another worker
         self.ordered = consumer.ordered
         self.lease_ms = int(consumer.lease_s * 1000)
-        self.outage = Outage(f"consumer {consumer.name} partition {partition}")
+        self.outage = outage or Outage(f"consumer {consumer.name} partition {partition}")
         self.lost = 0
         self._next_retry_poll = 0.0  # monotonic time of the next routine look at the retry schedule
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
@@ -478,9 +478,8 @@ class Runner:
         seats as workers come and go."""
         seats = Seats(self.dispatch.redis, self.dispatch.keys, consumer.name, self.name,
                       ordered=consumer.ordered, lease_s=consumer.lease_s)
-        running: dict[int, tuple[GroupLoop, asyncio.Task[None]]] = {}
-        leaving: set[asyncio.Task[None]] = set()
-        outage = Outage(f"consumer {consumer.name}: partition seats")
+        outage = Outage(f"consumer {consumer.name}")  # one log line per outage, however many partitions
+        reading = _Reading(self, consumer, seats, outage)
         try:
             while not self.stop.is_set():
                 try:
@@ -491,43 +490,12 @@ class Runner:
                         log.exception("partition seats: tick failed", extra={"group": consumer.name})
                     await _sleep_unless(self.stop, outage.failed(exc) if is_unavailable(exc) else 1.0)
                     continue
-                for partition in changes.lost:  # another worker has it now: stop at once
-                    if (lost := running.pop(partition, None)) is not None:
-                        lost[0].stop()
-                        leaving.add(lost[1])
-                for partition in changes.leave:  # a worker joined: finish what is in hand, then give it back
-                    if (left := running.pop(partition, None)) is not None:
-                        left[0].stop()
-                        leaving.add(asyncio.create_task(self._give_back(seats, partition, left[1])))
-                for partition in changes.gained:
-                    loop = GroupLoop(consumer, self.dispatch, partition, self.name, self.observers)
-                    self.loops.append(loop)
-                    running[partition] = (loop, asyncio.create_task(loop.run()))
-                if changes.gained or changes.leave or changes.lost:
-                    self.reading[consumer.name] = set(running)
-                    log.info("partitions of %s read here: %s", consumer.name, sorted(running) or "none",
-                             extra={"group": consumer.name})
-                leaving = {task for task in leaving if not task.done()}
+                reading.apply(changes)
                 await _sleep_unless(self.stop, seats.tick_s)
         except asyncio.CancelledError:
-            for _, task in running.values():
-                task.cancel()
-            for task in leaving:
-                task.cancel()
+            reading.cancel()
             raise
-        for loop, _ in running.values():
-            loop.stop()
-        self.reading[consumer.name] = set()
-        await asyncio.gather(*(task for _, task in running.values()), *leaving, return_exceptions=True)
-        with contextlib.suppress(Exception):  # the seats expire anyway
-            await seats.leave_group()
-
-    @staticmethod
-    async def _give_back(seats: Seats, partition: int, task: asyncio.Task[None]) -> None:
-        with contextlib.suppress(Exception):
-            await task
-        with contextlib.suppress(Exception):  # it expires anyway
-            await seats.release(partition)
+        await reading.close()
 
     async def _flush_observers(self) -> None:
         self.observers.metrics.flush()
@@ -552,6 +520,59 @@ class Runner:
             except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
                 log.debug("heartbeat failed: %s", exc)
             await _sleep_unless(self.stop, 10)
+
+
+class _Reading:
+    """The partition loops one consumer runs in this worker, started and stopped as seats change."""
+
+    def __init__(self, runner: Runner, consumer: Consumer, seats: Seats, outage: Outage) -> None:
+        self.runner = runner
+        self.outage = outage
+        self.consumer = consumer
+        self.seats = seats
+        self.running: dict[int, tuple[GroupLoop, asyncio.Task[None]]] = {}
+        self.leaving: set[asyncio.Task[None]] = set()
+
+    def apply(self, changes: Changes) -> None:
+        for partition in changes.lost:  # another worker has it now: stop at once
+            if (lost := self.running.pop(partition, None)) is not None:
+                lost[0].stop()
+                self.leaving.add(lost[1])
+        for partition in changes.leave:  # a worker joined: finish what is in hand, then give it back
+            if (left := self.running.pop(partition, None)) is not None:
+                left[0].stop()
+                self.leaving.add(asyncio.create_task(self._give_back(partition, left[1])))
+        runner = self.runner
+        for partition in changes.gained:
+            loop = GroupLoop(self.consumer, runner.dispatch, partition, runner.name, runner.observers, self.outage)
+            runner.loops.append(loop)
+            self.running[partition] = (loop, asyncio.create_task(loop.run()))
+        if changes.gained or changes.leave or changes.lost:
+            runner.reading[self.consumer.name] = set(self.running)
+            log.info("partitions of %s read here: %s", self.consumer.name, sorted(self.running) or "none",
+                     extra={"group": self.consumer.name})
+        self.leaving = {task for task in self.leaving if not task.done()}
+
+    async def _give_back(self, partition: int, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(Exception):
+            await task
+        with contextlib.suppress(Exception):  # it expires anyway
+            await self.seats.release(partition)
+
+    def cancel(self) -> None:
+        for _, task in self.running.values():
+            task.cancel()
+        for task in self.leaving:
+            task.cancel()
+
+    async def close(self) -> None:
+        """Shutdown: every loop finishes what it read, then the seats go back."""
+        for loop, _ in self.running.values():
+            loop.stop()
+        self.runner.reading[self.consumer.name] = set()
+        await asyncio.gather(*(task for _, task in self.running.values()), *self.leaving, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the seats expire anyway
+            await self.seats.leave_group()
 
 
 def _key_of(fields: Mapping[bytes, bytes]) -> bytes:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from app.events import parse_batch
 from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
+from tests.integration.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,6 +88,9 @@ async def test_three_workers_process_10000_events_each_exactly_once(
 ) -> None:
     for name in ("w1", "w2", "w3"):
         workers.start(name)
+    # Three workers, one partition: each takes one of its three seats (consumers/assign.py).
+    seats = Keys(settings.prefix).seat(0, "counter", 0)[:-1] + "*"
+    await wait_for(lambda: _count(redis.keys(seats), 3), timeout_s=20)
     ids = await post_many(services, 10_000)
     seen = await wait_all_seen(redis, settings, ids, timeout_s=60)
     assert len(seen) == 10_000
@@ -134,3 +138,7 @@ async def test_graceful_shutdown_finishes_in_flight_work_and_loses_nothing(
     workers.start("g1", **slow)
     seen = await wait_all_seen(redis, settings, ids, timeout_s=60)
     assert set(seen.values()) == {1}
+
+
+async def _count(keys: Awaitable[list[bytes]], expected: int) -> bool:
+    return len(await keys) == expected
