@@ -124,7 +124,15 @@ def _producers(sub: Any) -> None:
     create = psub.add_parser("create", help="register a producer and print its key (shown only once)")
     create.add_argument("name", help="the producer's name, used as the CloudEvents source")
     create.add_argument("--description", default="", help="free text shown in the dashboard")
-    create.set_defaults(handler=_with_services(lambda svc, a: svc.producers.create(a.name, a.description)))
+    create.add_argument("--types", nargs="+", default=[], metavar="TYPE",
+                        help="event types (exact names or globs such as 'order.*') the key may send; default: any")
+    create.set_defaults(handler=_with_services(lambda svc, a: svc.producers.create(a.name, a.description, a.types)))
+    limit = psub.add_parser("limit", help="limit a producer's key to some event types (none: any type)",
+                            description="Takes effect at once in every web process; events of other types "
+                                        "get 403.")
+    limit.add_argument("name")
+    limit.add_argument("types", nargs="*", metavar="TYPE", help="exact names or globs; give none to lift the limit")
+    limit.set_defaults(handler=_with_services(lambda svc, a: svc.producers.limit_types(a.name, a.types)))
     for action, help_text in (("revoke", "revoke a producer's key at once"),
                               ("rotate", "issue a new key; the old one stops working at once")):
         p = psub.add_parser(action, help=help_text)

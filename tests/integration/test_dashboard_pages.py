@@ -98,6 +98,28 @@ async def test_rotate_and_revoke_take_effect_at_once(
         await services.producers.authenticate(f"Bearer {new.group(1)}")
 
 
+async def test_an_admin_limits_a_producer_to_some_event_types(
+    make_client: MakeClient, admin: tuple[str, str], services: Services
+) -> None:
+    async with make_client() as client:
+        token = await logged_in(client, *admin)
+        resp = await client.post("/producers", data={"csrf_token": token, "name": "shop", "types": "order.*, cart.x"})
+        key = re.search(r'value="(efk_[^"]+)"', resp.text)
+        assert key and (await services.producers.get("shop")).types == ["order.*", "cart.x"]
+        listing = (await client.get("/producers")).text
+        assert "<code>order.*</code> <code>cart.x</code>" in listing
+        resp = await client.post("/producers/shop/types", data={"csrf_token": token, "types": "invoice.sent"})
+        assert resp.status_code == 303
+        assert "may now send: invoice.sent" in html.unescape((await client.get("/producers")).text)
+        services.producers.forget()
+        auth = {"Authorization": f"Bearer {key.group(1)}"}
+        refused = await client.post("/v1/events", json={"type": "order.created"}, headers=auth)
+        assert refused.status_code == 403 and "order.created" in refused.json()["detail"], refused.text
+        assert (await client.post("/v1/events", json={"type": "invoice.sent"}, headers=auth)).status_code == 202
+        await client.post("/producers/shop/types", data={"csrf_token": token, "types": ""})
+        assert "may now send: any event type" in html.unescape((await client.get("/producers")).text)
+
+
 async def test_event_data_is_escaped_text_everywhere(
     make_client: MakeClient, admin: tuple[str, str], services: Services
 ) -> None:

@@ -123,3 +123,29 @@ async def settles(producers: Producers, *, refused: bool) -> float:
 async def test_bad_type_limits_are_refused(services: Services, types: list[str]) -> None:
     with pytest.raises(InvalidEvent):
         await services.producers.create("billing", types=types)
+
+
+async def test_the_cli_creates_a_limited_key_and_changes_or_lifts_the_limit(
+    services: Services, settings: Settings
+) -> None:
+    import json
+    import os
+    import sys
+
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+
+    async def cli(*args: str) -> Any:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "producers", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        return json.loads(out)
+
+    issued = await cli("create", "billing", "--types", "order.*", "invoice.sent")
+    assert KEY.match(issued["key"])
+    assert (await services.producers.get("billing")).types == ["order.*", "invoice.sent"]
+    assert (await cli("limit", "billing", "refund.*"))["types"] == ["refund.*"]
+    with pytest.raises(Forbidden):
+        await Services(services.redis, settings).producers.check_types("billing", ["order.created"])
+    assert (await cli("limit", "billing"))["types"] == []
+    await Services(services.redis, settings).producers.check_types("billing", ["order.created"])

@@ -42,7 +42,7 @@ async def create_producer(request: AnyRequest) -> Response[Any]:
     form = await request.form()
     name, description = str(form.get("name", "")).strip(), str(form.get("description", "")).strip()
     try:
-        issued = await services(request).producers.create(name, description[:500])
+        issued = await services(request).producers.create(name, description[:500], _types(form.get("types")))
     except (InvalidEvent, Conflict) as exc:
         message = exc.problems[0].message if isinstance(exc, InvalidEvent) else exc.detail
         await flash(request, f"error:Could not register “{name}”: {message}")
@@ -53,6 +53,24 @@ async def create_producer(request: AnyRequest) -> Response[Any]:
 @post("/producers/{name:str}/rotate", include_in_schema=False, status_code=200)
 async def rotate_producer(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     return _key_page(request, await services(request).producers.rotate(name), rotated=True)
+
+
+def _types(value: object) -> list[str]:
+    """Event types typed into a form: separated by commas or spaces."""
+    return [t for t in str(value or "").replace(",", " ").split() if t]
+
+
+@post("/producers/{name:str}/types", include_in_schema=False, status_code=303)
+async def limit_producer_types(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    types = _types((await request.form()).get("types"))
+    try:
+        await services(request).producers.limit_types(name, types)
+    except InvalidEvent as exc:
+        await flash(request, f"error:Could not limit “{name}”: {exc.problems[0].message}")
+        return Redirect("/producers", status_code=303)
+    limits = ", ".join(types) if types else "any event type"
+    await flash(request, f"“{name}” may now send: {limits}.")
+    return Redirect("/producers", status_code=303)
 
 
 @post("/producers/{name:str}/revoke", include_in_schema=False, status_code=303)
@@ -136,5 +154,5 @@ async def dead_letter_page(request: AnyRequest, ident: FromPath[str]) -> Respons
     return page(request, "dead_letter.html", nav="dead-letters", letter=letter)
 
 
-ROUTES = [producers_page, create_producer, rotate_producer, revoke_producer, dead_letters_page,
+ROUTES = [producers_page, create_producer, rotate_producer, limit_producer_types, revoke_producer, dead_letters_page,
           confirm_dead_letters, replay_dead_letters, discard_dead_letters, dead_letter_page]
