@@ -10,12 +10,14 @@ A seat is a lease (app/lua/lease.lua) in the partition's own hash tag, so on a c
 the node that holds the partition. Every worker aims to hold ceil(seats / workers) of them, never two
 of one partition: at each tick it renews its own, gives back extras when workers join, and takes free
 ones when workers leave or die. Leases last two thirds of the consumer's lease and ticks come every
-quarter of it (at most 5 s; every 0.25 s while the worker count or the seats just changed), so a
-dead worker's partitions are read again within the lease time.
+third of that (at most 5 s; every 0.25 s while the worker count or the seats just changed), so a
+dead worker's partitions are read again within the lease time (leases last at least a second,
+whatever the consumer's lease).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -47,8 +49,8 @@ class Seats:
         self.group = group
         self.holder = holder
         self.ordered = ordered
-        self.ttl_ms = max(300, int(lease_s * 1000 * 2 / 3))
-        self.routine_tick_s = min(5.0, lease_s / 4)
+        self.ttl_ms = max(1000, int(lease_s * 1000 * 2 / 3))
+        self.routine_tick_s = min(5.0, self.ttl_ms / 3000)  # three renewals per lease at least
         self.tick_s = QUICK_TICK_S  # until the worker count settles (see tick)
         self._workers = 0
         self.held: dict[int, int] = {}  # partition -> seat number
@@ -81,9 +83,14 @@ class Seats:
         settled, self._workers = workers == self._workers, workers
         per, target = self.plan(workers)
         out = Changes()
-        for partition, seat in list(self.held.items()):
-            if not await self._lease([self._key(partition, seat)], [self.holder, "renew", self.ttl_ms]):
-                del self.held[partition]  # it expired and someone else took it: stop at once
+        held = list(self.held.items())  # renewed together: one round trip, not one per partition
+        renewed = await asyncio.gather(*(self._lease([self._key(p, seat)], [self.holder, "renew", self.ttl_ms])
+                                         for p, seat in held))
+        for (partition, seat), ok in zip(held, renewed, strict=True):
+            if self.held.get(partition) != seat:
+                continue  # given back meanwhile (Reading._give_back)
+            if not ok:
+                self.held.pop(partition, None)  # it expired and someone else took it: stop at once
                 self.leaving.discard(partition)
                 out.lost.append(partition)
             elif seat >= per and partition not in self.leaving:
