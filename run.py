@@ -44,8 +44,9 @@ def ensure_env() -> None:
 
 
 # Debian packages the test suite uses: Chromium for the dashboard's browser tests (Playwright never
-# downloads a browser) and promtool to check the alert rules.
-TEST_PACKAGES = {"chromium": "/usr/bin/chromium", "prometheus": "/usr/bin/promtool"}
+# downloads a browser), promtool to check the alert rules, and redis-cli (client tools only, no
+# server) to move a single node's data into a cluster the documented way.
+TEST_PACKAGES = {"chromium": "/usr/bin/chromium", "prometheus": "/usr/bin/promtool", "redis-tools": "/usr/bin/redis-cli"}
 
 
 def ensure_test_packages() -> None:
@@ -54,7 +55,7 @@ def ensure_test_packages() -> None:
     if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"installing {' '.join(missing)} with apt-get (used by the browser and alert-rule tests) ...",
+        print(f"installing {' '.join(missing)} with apt-get (used by the browser, alert-rule and cluster tests) ...",
               flush=True)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
