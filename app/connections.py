@@ -172,22 +172,36 @@ def _key_of(command: tuple[Any, ...]) -> Any:
 def transaction(redis: Redis) -> Any:
     """A MULTI/EXEC pipeline: `pipe = transaction(redis); pipe.hset(...); await pipe.execute()`.
 
+    It also takes redis-py's optimistic-locking form, for keys of one slot: `await pipe.watch(key)`,
+    reads awaited at once (`await pipe.hget(...)`), `pipe.multi()`, queued writes, `await
+    pipe.execute()` (WatchError when a watched key changed); `async with` releases it.
+
     On one server, redis-py's own. On a cluster, a `ClusterTransaction`: redis-py 8's cluster
-    transaction runs every queued command in a thread with an event loop of its own (and initializes
-    the client in that loop), which blocks the caller's loop and breaks a fresh client."""
+    transaction runs every queued or watched command in a thread with an event loop of its own (and
+    initializes the client in that loop), which blocks the caller's loop and breaks a fresh client."""
     return ClusterTransaction(redis) if isinstance(redis, RedisCluster) else redis.pipeline(transaction=True)
 
 
 class ClusterTransaction(AsyncCoreCommands):  # type: ignore[misc]
     """Queued commands sent as MULTI ... EXEC to the node of their slot, on one connection, replies
     parsed as redis-py parses them. Commands whose keys span slots cannot share a MULTI on a cluster:
-    they are sent as a plain cluster pipeline instead (only metadata does that; see README)."""
+    they are sent as a plain cluster pipeline instead (only metadata does that; see README).
+
+    After `watch(...)` the transaction holds a connection to the watched keys' node: until `multi()`,
+    commands run at once on it (so they see what WATCH guards), and EXEC goes on the same connection;
+    every command must then be in the watched slot."""
 
     def __init__(self, redis: RedisCluster) -> None:
         self.redis = redis
         self.commands: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._slot: int | None = None  # the watched slot
+        self._node: ClusterNode | None = None
+        self._conn: Any = None  # the watched connection
+        self._queueing = True
 
-    def execute_command(self, *args: Any, **options: Any) -> ClusterTransaction:
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self._conn is not None and not self._queueing:
+            return self._immediate(args, options)
         self.commands.append((args, options))
         return self
 
@@ -195,10 +209,69 @@ class ClusterTransaction(AsyncCoreCommands):  # type: ignore[misc]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.reset()
+
+    async def watch(self, *names: Any) -> None:
+        """WATCH keys of one slot on a connection of their node; later commands run at once until `multi()`."""
+        redis = self.redis
+        await redis.initialize()
+        slot = await redis._determine_slot("WATCH", *names)
+        if self._slot is not None and slot != self._slot:
+            raise rx.CrossSlotTransactionError("cannot watch keys of two slots in one transaction")
+        if self._conn is None:
+            self._slot, self._node = slot, redis.nodes_manager.get_node_from_slot(slot)
+            self._conn = self._node.acquire_connection()
+        self._queueing = False
+        await self._immediate(("WATCH", *names), {})
+
+    def multi(self) -> None:
+        """Start queueing: the commands from here on run in the MULTI/EXEC."""
+        self._queueing = True
+
+    async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        if args[0] != "WATCH" and await self.redis._determine_slot(*args) != self._slot:
+            raise rx.CrossSlotTransactionError("a watched transaction stays in the watched slot")
+        try:
+            await self._conn.send_packed_command(pack_command(args))
+            reply = await self._conn.read_response()
+        except rx.ResponseError:
+            raise
+        except BaseException:
+            await self._drop()
+            raise
+        return self._parse(args, options, reply)
+
+    async def reset(self) -> None:
+        """Forget queued commands and give the watched connection back (UNWATCHed)."""
         self.commands.clear()
+        self._queueing = True
+        if self._conn is None:
+            return
+        try:
+            await self._conn.send_packed_command(pack_command(("UNWATCH",)))
+            await self._conn.read_response()
+        except BaseException:
+            await self._drop()
+            raise
+        self._release()
+
+    async def _drop(self) -> None:
+        """A connection in an unknown state (half-read reply, WATCH pending) is never reused."""
+        conn = self._conn
+        self._release()
+        if conn is not None:
+            await conn.disconnect()
+
+    def _release(self) -> None:
+        if self._conn is not None and self._node is not None:
+            self._node.release(self._conn)
+        self._conn = self._node = self._slot = None
 
     async def execute(self) -> list[Any]:
         commands, self.commands = self.commands, []
+        self._queueing = True
+        if self._conn is not None:
+            return await self._execute_watched(commands)
         if not commands:
             return []
         redis = self.redis
@@ -214,7 +287,29 @@ class ClusterTransaction(AsyncCoreCommands):  # type: ignore[misc]
             return await pipe.execute()  # type: ignore[no-any-return]
         node = redis.nodes_manager.get_node_from_slot(slots.pop())
         packed = [("MULTI",), *(args for args, _ in commands), ("EXEC",)]
-        replies = await _packed_on(node, packed)
+        return self._results(commands, await _packed_on(node, packed))
+
+    async def _execute_watched(self, commands: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """MULTI ... EXEC on the watched connection; EXEC also ends the WATCH, so it is released."""
+        try:
+            for args, _ in commands:
+                if await self.redis._determine_slot(*args) != self._slot:
+                    raise rx.CrossSlotTransactionError("a watched transaction stays in the watched slot")
+            packed = [("MULTI",), *(args for args, _ in commands), ("EXEC",)]
+            await self._conn.send_packed_command(b"".join(map(pack_command, packed)))
+            replies: list[Any] = []
+            for _ in packed:
+                try:
+                    replies.append(await self._conn.read_response())
+                except rx.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await self._drop()
+            raise
+        self._release()
+        return self._results(commands, replies)
+
+    def _results(self, commands: list[tuple[tuple[Any, ...], dict[str, Any]]], replies: list[Any]) -> list[Any]:
         for reply in replies[:-1]:
             if isinstance(reply, Exception):
                 raise reply

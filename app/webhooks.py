@@ -363,7 +363,7 @@ class Webhooks:
     async def _modify(self, ident: str, changes: Callable[[Subscription], dict[str, Any]]) -> None:
         """Read-modify-write one record under WATCH, so concurrent changes are not lost."""
         key = self.keys.webhooks
-        async with redis_errors(self.settings), self.redis.pipeline(transaction=True) as pipe:
+        async with redis_errors(self.settings), transaction(self.redis) as pipe:
             for _ in range(10):
                 try:
                     await pipe.watch(key)

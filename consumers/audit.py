@@ -37,6 +37,7 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from app.audit import AuditWriter
+from app.connections import transaction
 from app.keys import Keys
 from app.settings import Settings
 from consumers.base import Backoff, Consumer, Delivery
@@ -101,12 +102,12 @@ class Lease:
             await self._if_ours(lambda pipe: pipe.delete(self.key))
 
     async def _if_ours(self, command: Any) -> bool:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with transaction(self.redis) as pipe:  # WATCH works on a cluster too (one key)
             try:
                 await pipe.watch(self.key)
                 if await pipe.get(self.key) != self.holder:
                     return False
-                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.multi()
                 command(pipe)
                 await pipe.execute()
             except rx.WatchError:

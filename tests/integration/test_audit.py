@@ -31,24 +31,31 @@ def audit_settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.replace(audit_path=str(tmp_path / "audit"))
 
 
-async def post(services: Services, count: int, source: str = "billing") -> list[str]:
-    """Post `count` events; their entry ids in order."""
+async def post(services: Services, count: int, source: str = "billing", *, spread: bool = False) -> list[str]:
+    """Post `count` events; their entry ids in order. Spread: each its own subject, so that with
+    several partitions they go to several (else all share one partition key)."""
     ids = []
     for i in range(count):
-        events, _ = parse_request(json.dumps({"type": "order.created", "data": {"n": i}}).encode(),
-                                  "application/json", {})
+        body = {"type": "order.created", "data": {"n": i}} | ({"subject": f"s{i}"} if spread else {})
+        events, _ = parse_request(json.dumps(body).encode(), "application/json", {})
         ids.append((await services.ingest(events, source, {}))[0].entry_id)
     return ids
 
 
+def billing_partition(settings: Settings) -> int:
+    """The partition of the events `post` sends (one partition key: the source, no subject)."""
+    return Keys(settings.prefix, settings.partitions).partition_of("billing\n")
+
+
 async def deliveries(redis: Redis, settings: Settings) -> list[Delivery]:
     """Every log entry as a first delivery to the audit group (what the runner would hand over)."""
-    stream = Keys(settings.prefix, settings.partitions).stream(0)
+    partition = billing_partition(settings)
+    stream = Keys(settings.prefix, settings.partitions).stream(partition)
     out = []
     entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(stream))
     for raw_id, fields in entries:
         entry_id = raw_id.decode()
-        pending = Pending(kind=LOG, stream_id=entry_id, entry_id=entry_id, partition=0, fields=fields)
+        pending = Pending(kind=LOG, stream_id=entry_id, entry_id=entry_id, partition=partition, fields=fields)
         out.append(Delivery(pending, "audit", 1))
     return out
 
@@ -72,10 +79,16 @@ async def running(consumer: Consumer, redis: Redis, settings: Settings) -> Async
 
 
 async def group_done(redis: Redis, settings: Settings) -> bool:
-    """The audit group has read everything and has nothing pending."""
-    groups = await redis.xinfo_groups(Keys(settings.prefix, settings.partitions).stream(0))
-    found = [g for g in groups if g["name"] in (b"audit", "audit")]
-    return bool(found) and found[0]["pending"] == 0 and found[0]["lag"] == 0
+    """The audit group has read everything and has nothing pending, in every partition that has events."""
+    keys = Keys(settings.prefix, settings.partitions)
+    for partition in range(keys.partitions):
+        if not await redis.exists(keys.stream(partition)):
+            continue
+        groups = await redis.xinfo_groups(keys.stream(partition))
+        found = [g for g in groups if g["name"] in (b"audit", "audit")]
+        if not (found and found[0]["pending"] == 0 and found[0]["lag"] == 0):
+            return False
+    return True
 
 
 async def test_the_runner_writes_each_posted_event_once_and_the_chain_verifies(
@@ -185,9 +198,12 @@ async def test_two_workers_sharing_the_group_write_one_log_with_each_event_once(
                for c, name in ((leader, "w1"), (standby, "w2"))]
     tasks = [asyncio.create_task(r.run()) for r in runners]
     try:
-        # Both read the one partition (consumers/assign.py seats them both) before the events come.
-        await wait_for(lambda: all(r.reading == {"audit": {0}} for r in runners))
-        posted += await post(services, 39)
+        # Every partition is read and both workers read (consumers/assign.py seats both on the one
+        # partition, or shares out several) before the events come, spread over the partitions.
+        everything = set(range(audit_settings.partitions))
+        await wait_for(lambda: all(r.reading["audit"] for r in runners)
+                       and set().union(*(r.reading["audit"] for r in runners)) == everything)
+        posted += await post(services, 39, spread=True)
         await wait_for(lambda: group_done(redis, audit_settings))
     finally:
         for runner in runners:
