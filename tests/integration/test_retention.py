@@ -107,8 +107,9 @@ async def test_trimming_stops_at_the_oldest_entry_still_pending(
     run_consumers(settings, Consumer("orders", handler))
     entries = await ingest(services, 10)
 
-    async def others_done() -> bool:
-        return len(handled) == 9
+    async def others_done() -> bool:  # handled and acknowledged (acks follow the handlers closely)
+        pending = await redis.xpending(services.log.keys.stream(0), "orders")
+        return len(handled) == 9 and pending["pending"] == 1
 
     await wait_for(others_done)
     report = await services.retention.run_pass()
