@@ -222,7 +222,7 @@ async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
     last = (await webhooks.get(id_moved)).last_delivery
     assert last is not None and not last.ok and last.status == 302
     assert "redirects are not followed" in (last.error or "")
-    assert await redis.xlen(Keys(wh_settings.prefix).dead_letters(0)) == 1
+    assert len(await dead_letters(redis, wh_settings)) == 1
 
 
 async def test_a_slow_subscription_does_not_hold_up_the_others(
@@ -253,7 +253,7 @@ async def test_the_guard_refuses_loopback_unless_allowed_and_dead_letters_at_onc
         await post(services, "order.created")
         await until_dead_lettered(redis, strict)  # at the first attempt: the guard's refusal is permanent
     assert receiver.requests == []
-    [(_, dead)] = await redis.xrange(Keys(strict.prefix).dead_letters(0))
+    [(_, dead)] = await dead_letters(redis, strict)
     assert (dead[b"_reason"], dead[b"_attempts"]) == (b"permanent", b"1")
     error = await webhooks_error(webhooks, id_local)
     assert "refused" in error and "EVENTFLOW_ALLOW_PRIVATE_WEBHOOKS" in error
@@ -282,10 +282,15 @@ async def webhooks_error(webhooks: Webhooks, ident: str) -> str:
     return last.error or ""
 
 
+async def dead_letters(redis: Redis, settings: Settings) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The dead-letter entries of every partition."""
+    keys = Keys(settings.prefix, settings.partitions)
+    return [entry for p in range(keys.partitions) for entry in await redis.xrange(keys.dead_letters(p))]
+
+
 async def until_dead_lettered(redis: Redis, settings: Settings, timeout_s: float = 8.0) -> None:
-    key = Keys(settings.prefix).dead_letters(0)
     deadline = time.monotonic() + timeout_s
-    while await redis.xlen(key) < 1:
+    while not await dead_letters(redis, settings):
         assert time.monotonic() < deadline, "never dead-lettered"
         await asyncio.sleep(0.05)
 
