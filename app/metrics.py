@@ -27,7 +27,7 @@ import msgspec
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from app.keys import Keys
 
@@ -292,8 +292,8 @@ class Snapshot:
         self.pending: dict[str, int] = {}
         self.group_workers: dict[str, int] = {}
         self.workers_alive = 0
-        self.used_memory = 0
-        self.maxmemory = 0
+        # used_memory and maxmemory per server: "" on one server, "host:port" of each cluster primary.
+        self.memory: dict[str, tuple[int, int]] = {}
 
 
 class RedisGauges:
@@ -337,21 +337,30 @@ class RedisGauges:
             pipe.xlen(self.keys.dead_letters(p))
             pipe.xinfo_groups(self.keys.stream(p))
         pipe.zrangebyscore(self.keys.workers, now_ms - self.HEARTBEAT_S * 1000, "+inf")
-        pipe.info("memory")
-        replies = await pipe.execute(raise_on_error=False)
+        # On a cluster the pipeline goes to each key's node; INFO is read from every primary.
+        replies, snap.memory = await asyncio.gather(pipe.execute(raise_on_error=False), self._memory())
         for p in range(self.keys.partitions):
             length, dead, groups = replies[3 * p : 3 * p + 3]
             snap.stream_length[p] = length if isinstance(length, int) else 0
             snap.dead_letters += dead if isinstance(dead, int) else 0
             for g in groups if isinstance(groups, list) else []:
                 self._add_group(snap, g)
-        alive, memory = replies[-2], replies[-1]
-        if isinstance(memory, Exception):
-            raise memory
-        snap.used_memory, snap.maxmemory = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+        alive = replies[-1]
         await self._add_workers(snap, [_s(w) for w in alive] if isinstance(alive, list) else [])
         snap.up = 1
         return snap
+
+    async def _memory(self) -> dict[str, tuple[int, int]]:
+        """used_memory and maxmemory of the server, or of each primary of a cluster (a full one
+        refuses the appends of its partitions, so the alert must see each)."""
+        if not isinstance(self.redis, RedisCluster):
+            info = await self.redis.info("memory")
+            return {"": (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))}
+        primaries = self.redis.get_primaries()
+        infos = await asyncio.gather(*(self.redis.info("memory", target_nodes=node)  # type: ignore[call-arg]
+                                       for node in primaries))
+        return {node.name: (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+                for node, info in zip(primaries, infos, strict=True)}
 
     @staticmethod
     def _add_group(snap: Snapshot, group: dict[Any, Any]) -> None:
@@ -366,7 +375,10 @@ class RedisGauges:
         snap.workers_alive = len(alive)
         if not alive:
             return
-        bodies = await self.redis.mget([self.keys.heartbeat(w) for w in alive])
+        heartbeats = [self.keys.heartbeat(w) for w in alive]
+        # Heartbeat keys have no hash tag: on a cluster they sit in many slots, read slot by slot.
+        bodies = await (self.redis.mget_nonatomic(heartbeats) if isinstance(self.redis, RedisCluster)
+                        else self.redis.mget(heartbeats))
         for body in bodies:
             if not body:
                 continue
@@ -389,8 +401,13 @@ class RedisGauges:
         yield _gauge("eventflow_group_workers", "Worker processes with a live heartbeat running the group",
                      [((g,), n) for g, n in s.group_workers.items()], ["group"])
         yield _gauge("eventflow_workers_alive", "Worker processes with a live heartbeat", [((), s.workers_alive)])
-        yield _gauge("eventflow_redis_used_memory_bytes", "Redis used_memory", [((), s.used_memory)])
-        yield _gauge("eventflow_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)", [((), s.maxmemory)])
+        # One sample per cluster primary, labelled by its address; one unlabelled on a single server.
+        labels = ["node"] if any(s.memory) else []
+        per_node = [((node,) if node else (), pair) for node, pair in s.memory.items()]
+        yield _gauge("eventflow_redis_used_memory_bytes", "Redis used_memory",
+                     [(node, used) for node, (used, _) in per_node], labels)
+        yield _gauge("eventflow_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)",
+                     [(node, limit) for node, (_, limit) in per_node], labels)
 
 
 def _gauge(name: str, doc: str, samples: Iterable[tuple[Sequence[str], float]],

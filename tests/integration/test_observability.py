@@ -103,7 +103,9 @@ async def test_metrics_need_the_token_and_count_ingest_by_producer_reason_and_ro
     assert delta("eventflow_http_requests_total", route="/v1/events/batch", method="POST", status="202") == 1
     assert delta("eventflow_http_request_duration_seconds_count", route="/v1/events", method="POST") == 8
     assert sample(text, "eventflow_redis_up") == 1
-    assert sample(text, "eventflow_stream_length", partition="0") == 8
+    assert sample(text, "eventflow_redis_used_memory_bytes") > 0  # on a cluster: one per primary (`node`)
+    # Events of one source and no subject share a partition.
+    assert sum(sample(text, "eventflow_stream_length", partition=str(p)) for p in range(settings.partitions)) == 8
     assert "eventflow_append_flush_seconds_bucket" in text
     assert source not in "".join(line for line in text.splitlines() if "event_id" in line)  # no ids as labels
 
@@ -254,20 +256,23 @@ async def test_one_event_traced_through_two_consumers_with_metrics_errors_and_lo
     exporter = ListExporter()
     tracer = Tracer("http://unused", "eventflow-test", exporter=exporter)
     auth = await new_producer(f"obs-{uuid.uuid4().hex[:8]}")
-    seen: dict[str, list[Delivery]] = {"audit-x": [], "flaky-x": []}
+    # Group names of this run only: the process-wide counters also hold other runs of this test.
+    tag = uuid.uuid4().hex[:6]
+    audit_x, flaky_x = f"audit-{tag}", f"flaky-{tag}"
+    seen: dict[str, list[Delivery]] = {audit_x: [], flaky_x: []}
 
     async def record(delivery: Delivery) -> None:
-        seen["audit-x"].append(delivery)
+        seen[audit_x].append(delivery)
 
     async def flaky(delivery: Delivery) -> None:
-        seen["flaky-x"].append(delivery)
+        seen[flaky_x].append(delivery)
         if delivery.attempt == 1:
             raise ConnectionResetError(f"peer 10.0.0.{delivery.attempt} reset while sending '{delivery.id}'")
 
     from consumers.base import Backoff
 
-    consumers = [Consumer("audit-x", record),
-                 Consumer("flaky-x", flaky, backoff=Backoff(base_s=0.05, jitter=0.0))]
+    consumers = [Consumer(audit_x, record),
+                 Consumer(flaky_x, flaky, backoff=Backoff(base_s=0.05, jitter=0.0))]
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
     async with running(app), httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -281,7 +286,7 @@ async def test_one_event_traced_through_two_consumers_with_metrics_errors_and_lo
             event_id = resp.json()["id"]
 
             async def delivered() -> bool:
-                return len(seen["audit-x"]) == 1 and len(seen["flaky-x"]) == 2
+                return len(seen[audit_x]) == 1 and len(seen[flaky_x]) == 2
 
             await wait_for(delivered)
             await asyncio.sleep(0.1)
@@ -291,7 +296,7 @@ async def test_one_event_traced_through_two_consumers_with_metrics_errors_and_lo
         operator = {"Authorization": "Bearer op-token-123456"}
         app.state.settings = app.state.settings.replace(api_token="op-token-123456")
         app.state.services.settings = app.state.settings
-        errors = (await client.get("/v1/errors?consumer=flaky-x", headers=operator)).json()["errors"]
+        errors = (await client.get(f"/v1/errors?consumer={flaky_x}", headers=operator)).json()["errors"]
         detail = (await client.get(f"/v1/events/{event_id}", headers=operator)).json()
     tracer.flush()
 
@@ -304,7 +309,7 @@ async def test_one_event_traced_through_two_consumers_with_metrics_errors_and_lo
     deliveries = sorted((s for (name, _), s in spans.items() if name.startswith("deliver ")),
                         key=lambda s: (s.name, s.start_time))
     assert [(s.name, s.attributes["eventflow.attempt"]) for s in deliveries] == [
-        ("deliver audit-x", 1), ("deliver flaky-x", 1), ("deliver flaky-x", 2)]
+        (f"deliver {audit_x}", 1), (f"deliver {flaky_x}", 1), (f"deliver {flaky_x}", 2)]
     for span in deliveries:
         assert f"{span.context.trace_id:032x}" == TRACE_ID
         assert span.parent.span_id == ingest[0].context.span_id
@@ -312,30 +317,30 @@ async def test_one_event_traced_through_two_consumers_with_metrics_errors_and_lo
     assert {f"{s.context.span_id:016x}" for s in deliveries} == {d.span_id for ds in seen.values() for d in ds}
     assert not deliveries[1].status.is_ok and deliveries[2].status.is_ok
     # The attempt records carry the same span ids (shown on the event page).
-    flaky_state = next(g for g in detail["deliveries"] if g["group"] == "flaky-x")
-    assert [a["span_id"] for a in flaky_state["attempts"]] == [seen["flaky-x"][0].span_id, seen["flaky-x"][1].span_id]
+    flaky_state = next(g for g in detail["deliveries"] if g["group"] == flaky_x)
+    assert [a["span_id"] for a in flaky_state["attempts"]] == [seen[flaky_x][0].span_id, seen[flaky_x][1].span_id]
 
     # Error monitoring: one group, the message normalized, the event id sampled.
     assert len(errors) == 1
     group = errors[0]
-    assert (group["consumer"], group["error_type"], group["count"]) == ("flaky-x", "ConnectionResetError", 1)
+    assert (group["consumer"], group["error_type"], group["count"]) == (flaky_x, "ConnectionResetError", 1)
     assert group["message"] == "peer <ip> reset while sending '?'"
     assert group["sample_event_ids"] == [event_id]
 
     # The failed attempt's log line carries the event's context.
     records = [json.loads(line) for line in log_lines.getvalue().splitlines() if line.startswith("{")]
     failed = [r for r in records if r["msg"].startswith("delivery failed")]
-    assert failed and failed[0]["event_id"] == event_id and failed[0]["group"] == "flaky-x"
+    assert failed and failed[0]["event_id"] == event_id and failed[0]["group"] == flaky_x
     assert failed[0]["attempt"] == 1 and failed[0]["trace_id"] == TRACE_ID
-    assert failed[0]["span_id"] == seen["flaky-x"][0].span_id and failed[0]["event_type"] == "order.created"
+    assert failed[0]["span_id"] == seen[flaky_x][0].span_id and failed[0]["event_type"] == "order.created"
 
     # Worker metrics.
     text = await asyncio.to_thread(_render_default)
-    assert sample(text, "eventflow_deliveries_total", group="flaky-x", outcome="failed") == 1
-    assert sample(text, "eventflow_deliveries_total", group="flaky-x", outcome="succeeded") == 1
-    assert sample(text, "eventflow_deliveries_total", group="audit-x", outcome="succeeded") == 1
-    assert sample(text, "eventflow_retries_total", group="flaky-x") == 1
-    assert sample(text, "eventflow_handler_duration_seconds_count", group="flaky-x") == 2
+    assert sample(text, "eventflow_deliveries_total", group=flaky_x, outcome="failed") == 1
+    assert sample(text, "eventflow_deliveries_total", group=flaky_x, outcome="succeeded") == 1
+    assert sample(text, "eventflow_deliveries_total", group=audit_x, outcome="succeeded") == 1
+    assert sample(text, "eventflow_retries_total", group=flaky_x) == 1
+    assert sample(text, "eventflow_handler_duration_seconds_count", group=flaky_x) == 2
 
 
 async def test_worker_heartbeats_show_up_as_live_workers_per_group(

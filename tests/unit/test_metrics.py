@@ -134,6 +134,12 @@ def test_redis_gauges_export_the_snapshot_and_skip_unknown_lag() -> None:
     assert 'eventflow_group_lag{group="notify"}' not in text  # Redis could not tell: no made-up number
     assert 'eventflow_group_workers{group="notify"} 0.0' in text
     assert {m.name for m in gauges.collect()} == set(RedisGauges.NAMES)
+    snap.memory = {"": (5, 10)}  # one server: unlabelled
+    assert "eventflow_redis_used_memory_bytes 5.0" in generate_latest(registry).decode()
+    snap.memory = {"10.0.0.1:6379": (5, 10), "10.0.0.2:6379": (7, 0)}  # a cluster: one per primary
+    text = generate_latest(registry).decode()
+    assert 'eventflow_redis_used_memory_bytes{node="10.0.0.2:6379"} 7.0' in text
+    assert 'eventflow_redis_maxmemory_bytes{node="10.0.0.1:6379"} 10.0' in text
 
 
 def test_the_internal_listener_serves_the_rendered_text_on_any_path() -> None:
