@@ -32,7 +32,7 @@ from app.errors import FieldProblem, InvalidEvent, MalformedBody, UnsupportedMed
 from app.ids import new_traceparent, valid_traceparent
 
 SPECVERSION = "1.0"
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = "1"
 CE_JSON = "application/cloudevents+json"
 CE_BATCH = "application/cloudevents-batch+json"
 
@@ -454,11 +454,14 @@ def now_rfc3339() -> str:
     return str(_clock[1])
 
 
-def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> list[bytes | str]:
-    """Fill in time, source and traceparent; return the flat XADD field list.
+def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> list[str]:
+    """Fill in time, source and traceparent; return the flat XADD field list, all text.
 
-    An event without an id gets one from the append script (a UUIDv7 that encodes its entry id)."""
-    fields: list[bytes | str] = ["_v", FORMAT_VERSION]
+    An event without an id gets one from the append script (a UUIDv7 that encodes its entry id).
+    append.lua reads the id, type and source at fixed places: keep `_v 1 [id <id>] type <t> source
+    <s>` first. The data is text too (it is JSON from a UTF-8-checked body): the append script's
+    MessagePack decoder takes strings, not binary."""
+    fields: list[str] = ["_v", FORMAT_VERSION]
     if event.id is not None:
         fields += ("id", event.id)
     fields += [
@@ -472,11 +475,11 @@ def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> l
         if value is not None:
             fields += (name, value)
     if event.data is not None:
-        fields += ("data", bytes(event.data))
+        fields += ("data", str(event.data, "utf-8"))
     elif event.data_base64 is not None:
         fields += ("data_base64", event.data_base64)
     if event.extensions:
-        fields += ("_x", _json.encode(event.extensions))
+        fields += ("_x", _json.encode(event.extensions).decode())
     return fields
 
 

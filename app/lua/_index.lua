@@ -5,26 +5,25 @@
 -- id and its field `l` the run's last. Entries appended by one script call are contiguous in the log,
 -- so a 1000-event batch of one type costs one index entry, not 1000.
 
--- Collects runs while a script appends, and writes one index entry per run.
+-- Collects runs while a script appends, and writes one index entry per run. Keys are built only
+-- when a run starts (comparing the type and source themselves is cheaper than building keys).
 local function new_runs(base)
-  return {base = base, type_key = nil, type_first = nil, src_key = nil, src_first = nil, last = nil}
+  return {base = base, type = nil, type_first = nil, src = nil, src_first = nil, last = nil}
 end
 
 local function close_type(r)
-  if r.type_key then redis.call('XADD', r.type_key, r.type_first, 'l', r.last) end
-  r.type_key = nil
+  if r.type then redis.call('XADD', r.base .. 'idx:type:' .. r.type, r.type_first, 'l', r.last) end
+  r.type = nil
 end
 
 local function close_src(r)
-  if r.src_key then redis.call('XADD', r.src_key, r.src_first, 'l', r.last) end
-  r.src_key = nil
+  if r.src then redis.call('XADD', r.base .. 'idx:src:' .. r.src, r.src_first, 'l', r.last) end
+  r.src = nil
 end
 
 local function add_to_runs(r, entry_id, ev_type, source)
-  local type_key = ev_type and (r.base .. 'idx:type:' .. ev_type)
-  local src_key = source and (r.base .. 'idx:src:' .. source)
-  if type_key ~= r.type_key then close_type(r); r.type_key, r.type_first = type_key, entry_id end
-  if src_key ~= r.src_key then close_src(r); r.src_key, r.src_first = src_key, entry_id end
+  if ev_type ~= r.type then close_type(r); r.type, r.type_first = ev_type, entry_id end
+  if source ~= r.src then close_src(r); r.src, r.src_first = source, entry_id end
   r.last = entry_id
 end
 

@@ -78,6 +78,20 @@ async def test_the_same_id_twice_in_one_batch_is_appended_once(fake: fakeredis.F
     assert await fake.xlen(svc.log.keys.stream(0)) == 1
 
 
+async def test_a_full_batch_and_texts_of_every_length_reach_the_log_whole(fake: fakeredis.FakeAsyncRedis) -> None:
+    # fakeredis has no cmsgpack, so this runs append.lua's own MessagePack reader (the real server's
+    # cmsgpack reads the same argument in the integration tests): 8-, 16- and 32-bit lengths and
+    # a 16-bit array (1000 events).
+    svc = make_services(fake)
+    texts = ["", "é" * 40, "x" * 300, "y" * 70_000] + [f"n{n}" for n in range(996)]
+    got = await svc.ingest(events(*({"type": "t", "id": f"e-{n}", "data": t} for n, t in enumerate(texts))),
+                           "billing", {})
+    assert [g.id for g in got] == [f"e-{n}" for n in range(1000)]
+    entries = await fake.xrange(svc.log.keys.stream(0))
+    assert [json.loads(fields[b"data"]) for _, fields in entries] == texts
+    assert [e.decode() for e, _ in entries] == [g.entry_id for g in got]
+
+
 async def test_the_same_id_from_two_sources_is_two_events_each_deduplicated_on_its_own(
     fake: fakeredis.FakeAsyncRedis,
 ) -> None:
