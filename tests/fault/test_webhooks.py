@@ -21,7 +21,7 @@ from tests.fault.stack import Stack
 
 pytestmark = pytest.mark.timeout(90)
 
-BASE_S, TIMEOUT_S, ATTEMPTS = 0.3, 0.5, 4  # notify: backoff 0.3 s doubling, 0.5 s timeout, 4 attempts
+BASE_S, TIMEOUT_S, ATTEMPTS = 0.3, 1.0, 4  # notify: backoff 0.3 s doubling, 1 s timeout, 4 attempts
 FAILING = 6  # events per failing receiver
 # How late a retry may start: retry polling on a busy 2-core box, plus one notify timeout, because a
 # retry that falls due while the consumer waits on a slow receiver starts after that batch (see below).
