@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -458,6 +459,12 @@ def now_rfc3339() -> str:
     return str(_clock[1])
 
 
+def fresh_traceparents(n: int) -> list[str]:
+    """`n` new sampled traces (random trace and parent span ids), from one urandom call."""
+    ids = os.urandom(24 * n).hex()
+    return [f"00-{ids[i : i + 32]}-{ids[i + 32 : i + 48]}-01" for i in range(0, 48 * n, 48)]
+
+
 def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> list[str]:
     """Fill in time, source and traceparent; return the flat XADD field list, all text.
 
@@ -465,19 +472,19 @@ def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> l
     append.lua reads the id, type and source at fixed places: keep `_v 1 [id <id>] type <t> source
     <s>` first. The data is text too (it is JSON from a UTF-8-checked body): the append script's
     MessagePack decoder takes strings, not binary."""
-    fields: list[str] = ["_v", FORMAT_VERSION]
-    if event.id is not None:
-        fields += ("id", event.id)
-    fields += [
-        "type", event.type,
-        "source", source,
-        "time", event.time or now,
-        "traceparent", event.traceparent or traceparent or new_traceparent(),
-    ]
-    for name in ("subject", "datacontenttype", "dataschema"):
-        value = getattr(event, name)
-        if value is not None:
-            fields += (name, value)
+    parent = event.traceparent or traceparent or new_traceparent()
+    if event.id is None:
+        fields = ["_v", FORMAT_VERSION, "type", event.type, "source", source,
+                  "time", event.time or now, "traceparent", parent]
+    else:
+        fields = ["_v", FORMAT_VERSION, "id", event.id, "type", event.type, "source", source,
+                  "time", event.time or now, "traceparent", parent]
+    if event.subject is not None:
+        fields += ("subject", event.subject)
+    if event.datacontenttype is not None:
+        fields += ("datacontenttype", event.datacontenttype)
+    if event.dataschema is not None:
+        fields += ("dataschema", event.dataschema)
     if event.data is not None:
         fields += ("data", str(event.data, "utf-8"))
     elif event.data_base64 is not None:

@@ -14,7 +14,7 @@ from app.connections import check_server, is_unavailable, redis_errors
 from app.deadletters import DeadLetters
 from app.errors import ConfigError, Forbidden, NotFound, PayloadTooLarge
 from app.errortrack import ErrorGroup, ErrorTracker, reporter_from_settings
-from app.events import Incoming, Record, enrich, now_rfc3339
+from app.events import Incoming, Record, enrich, fresh_traceparents, now_rfc3339
 from app.ids import valid_traceparent
 from app.lifecycle import GroupState, Lifecycle
 from app.live import LiveHub
@@ -137,16 +137,7 @@ class Services:
         span = self.tracer.start_ingest(traceparent) if self.tracer is not None else None
         if span is not None:
             traceparent = span.traceparent  # the events' parent is this request's ingest span
-        now = now_rfc3339()
-        keys = self.log.keys
-        items = []
-        for event in events:
-            fields = enrich(event, source, traceparent, now)
-            partition_key = event.extensions.get("partitionkey")
-            if partition_key is None:
-                partition_key = f"{source}\n{event.subject or ''}"
-            partition = keys.partition_of(str(partition_key))
-            items.append(Prepared(partition, event.id or "", source, event.type, fields))
+        items = self._prepare(events, source, traceparent)
         if not self._server_checked:
             try:
                 await self.ensure_server_checked()
@@ -162,6 +153,23 @@ class Services:
             raise
         self.tracer.end_ingest(span, source, len(items))  # type: ignore[union-attr]
         return appended
+
+    def _prepare(self, events: Sequence[Incoming], source: str, traceparent: str | None) -> list[Prepared]:
+        """Enrich each event and pick its partition (its `partitionkey`, else source and subject)."""
+        now = now_rfc3339()
+        keys = self.log.keys
+        # Without a request traceparent each event starts a trace of its own: one urandom for all.
+        parents = [traceparent] * len(events) if traceparent is not None else fresh_traceparents(len(events))
+        items = []
+        for event, parent in zip(events, parents, strict=True):
+            partition = 0
+            if keys.partitions > 1:
+                partition_key = event.extensions.get("partitionkey")
+                if partition_key is None:
+                    partition_key = f"{source}\n{event.subject or ''}"
+                partition = keys.partition_of(str(partition_key))
+            items.append(Prepared(partition, event.id or "", source, event.type, enrich(event, source, parent, now)))
+        return items
 
     async def _admit(self, events: Sequence[Incoming], source: str) -> None:
         """The producer's own limits: the event types its key may send (403), and its rate (429)."""

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.events import Incoming, Record, enrich, parse_request
+from app.events import Incoming, Record, enrich, fresh_traceparents, parse_request
 from app.ids import valid_traceparent
 
 NOW = "2024-05-01T10:00:00.000Z"
@@ -148,3 +148,9 @@ def test_a_direct_entry_with_a_broken_extensions_field_is_flagged_not_fatal(raw:
 def test_a_direct_entry_with_invalid_utf8_is_read_with_replacement_characters() -> None:
     record = read({b"type": b"t\xff", b"source": b"s"})
     assert record.event["type"] == "t\ufffd"
+
+
+def test_fresh_traceparents_are_valid_and_each_starts_its_own_trace() -> None:
+    parents = fresh_traceparents(50)
+    assert len(parents) == 50 and all(valid_traceparent(p) for p in parents)
+    assert len({p[3:35] for p in parents}) == 50
