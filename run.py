@@ -38,7 +38,7 @@ def ensure_env() -> None:
     print("installing EventFlow and its dev dependencies into .venv (first run takes a minute) ...",
           flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-q", "--upgrade", "pip", "setuptools"], check=True)
     subprocess.run([*pip, "-q", "-e", f"{ROOT}[dev]"], check=True)
     STAMP.write_text(wanted)
 
