@@ -27,7 +27,7 @@ STAMP = VENV / ".eventflow-installed"
 
 def ensure_env() -> None:
     """Create the virtualenv and install the project with its dev extras when needed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file may be started by an older Python
         sys.exit(f"EventFlow needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "eventflow").exists():
@@ -46,7 +46,8 @@ def ensure_env() -> None:
 # Debian packages the test suite uses: Chromium for the dashboard's browser tests (Playwright never
 # downloads a browser), promtool to check the alert rules, and redis-cli (client tools only, no
 # server) to move a single node's data into a cluster the documented way.
-TEST_PACKAGES = {"chromium": "/usr/bin/chromium", "prometheus": "/usr/bin/promtool", "redis-tools": "/usr/bin/redis-cli"}
+TEST_PACKAGES = {"chromium": "/usr/bin/chromium", "prometheus": "/usr/bin/promtool",
+                 "redis-tools": "/usr/bin/redis-cli"}
 
 
 def ensure_test_packages() -> None:
