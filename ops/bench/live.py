@@ -6,22 +6,32 @@ web process; a paced producer (paced.py) POSTs events meanwhile. Every connectio
 event id arrived: delivery latency is that arrival time minus the POST's send time, per event per
 sampled client. An event not seen by a sampled client by the end of the grace period counts as
 missing. The peak RSS of the web process is sampled meanwhile.
+
+`python -m ops.bench.live [--clients N] [--duration S] [--profile]` runs this row alone on its own
+embedded Valkey and web process (the full harness runs it as part of `ingest`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import dataclasses
+import json
 import re
 import resource
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.connections import connect
 from app.service import Services
 from app.settings import Settings
 from app.web.dashboard.auth import SESSION_COOKIE
-from ops.bench import hostload, paced
+from ops.bench import hostload, paced, profile, stack
 from ops.bench.report import progress
 
 RATE_S = 1000.0
@@ -150,3 +160,37 @@ def _raise_fd_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The live row alone: a fresh server and web process, then `measure`, printed as JSON."""
+    args = argparse.ArgumentParser(prog="python -m ops.bench.live", description=main.__doc__)
+    args.add_argument("--clients", type=int, default=1000)
+    args.add_argument("--duration", type=float, default=5.0)
+    args.add_argument("--profile", action="store_true", help="py-spy the web process; print hot spots")
+    opts = args.parse_args(argv)
+    prefix = "bench"
+    with tempfile.TemporaryDirectory(prefix="eventflow-live-") as tmp, contextlib.ExitStack() as scope:
+        root = Path(tmp)
+        server = scope.enter_context(stack.valkey(root / "valkey", "everysec"))
+        web = scope.enter_context(stack.web("eventflow", stack.EVENTFLOW_FACTORY,
+                                            stack.eventflow_env(server.url, prefix, "fast"), root))
+        headers = {"Content-Type": "application/json",
+                   "Authorization": f"Bearer {stack.create_producer(server.url, prefix)}"}
+        raw = root / "live.pyspy"
+        if opts.profile:
+            scope.enter_context(profile.recording(web.pid, raw))
+        before = hostload.sample()
+        result, cores = hostload.core_pct({"web": web.pid}, lambda: measure(
+            web.url, headers, web.pid, server.url, prefix, clients=opts.clients, duration_s=opts.duration))
+        other = hostload.other_cpu_pct(before, hostload.sample())
+        if opts.profile:
+            scope.close()  # stop py-spy so it writes its output
+            print(profile.render("hot spots by self time", profile.hot_spots(raw, 25)))
+            print(profile.render("hot spots by total time", profile.hot_spots(raw, 25, by="total")))
+    print(json.dumps({**dataclasses.asdict(result), "web_core_pct": cores["web"], "other_cpu_pct": other}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
