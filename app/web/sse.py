@@ -5,12 +5,18 @@ These are raw ASGI handlers rather than Litestar's `ServerSentEvent`: in Litesta
 response's generator is not closed when the client goes away (litestar#3772), so its clean-up runs
 late or never. Here one coroutine owns the connection: it watches `receive()` for the disconnect,
 and its `finally` releases the subscription and every task it started, whatever ended the stream.
+
+The events feed scales with viewers by sharing work (app/live.py): each entry is encoded into its
+SSE frame once, the frames of one read are joined once per filter, and each viewer gets whatever
+is pending in one write. A viewer that cannot keep up drops what it had pending and reads the gap
+back from the log, or gets a `reset` event when the gap is too long (see app/live.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -24,7 +30,7 @@ from litestar.types import Receive, Scope, Send
 
 from app.errors import EventFlowError, NotFound, Unavailable
 from app.events import Record
-from app.live import Reset, Subscriber
+from app.live import Message, Reset, Subscriber
 from app.service import Services
 from app.web.dashboard import pages
 from app.web.dashboard.auth import SESSION_COOKIE
@@ -73,7 +79,10 @@ class EventStream:
             pass
 
     async def write(self, text: str) -> None:
-        await self._send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+        await self.write_bytes(text.encode())
+
+    async def write_bytes(self, body: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def event(self, data: str, *, event: str | None = None, ident: str | None = None) -> None:
         lines = [f"id: {ident}"] if ident is not None else []
@@ -101,6 +110,9 @@ class _SessionEnded(Exception):
 
 
 # -- the events feed ------------------------------------------------------------------------------
+# The same filter gets the same function, so the hub filters each entry once per distinct filter,
+# not once per viewer (a bounded cache: an evicted filter only means a second group).
+@functools.lru_cache(maxsize=256)
 def _matcher(type_: str | None, source: str | None) -> Callable[[Record], bool]:
     def match(record: Record) -> bool:
         return (type_ is None or record.event.get("type") == type_) and (
@@ -109,23 +121,23 @@ def _matcher(type_: str | None, source: str | None) -> Callable[[Record], bool]:
     return match
 
 
+def _frame(message: Message) -> bytes:
+    """One entry as an SSE event: its cursor as the id, the rendered row as one line of JSON."""
+    data = msgspec.json.encode({"entry_id": message.entry_id, "html": message.data})
+    return b"id: %s\nevent: event\ndata: %s\n\n" % (message.ident.encode(), data)
+
+
 async def _feed(stream: EventStream, sub: Subscriber) -> None:
     await stream.keep_alive(sub.cursor)  # a reconnect from here on misses nothing
     while True:
-        before = list(sub.positions)
         try:
-            messages = await sub.next(stream.settings.live_ping_s)
+            batches = await sub.next(stream.settings.live_ping_s)
         except Reset:
             await stream.event("{}", event="reset", ident=sub.cursor)
             continue
-        if not messages:
-            await stream.keep_alive(sub.cursor)
-            continue
-        for message in messages:
-            before[message.partition] = message.entry_id
-            payload = msgspec.json.encode({"entry_id": message.entry_id, "html": message.data}).decode()
-            await stream.event(payload, event="event", ident=",".join(before))
-        if stream.check_due():
+        if batches:  # everything pending, in one write
+            await stream.write_bytes(b"".join([batch.wire(_frame) for batch in batches]))
+        if not batches or stream.check_due():
             await stream.keep_alive(sub.cursor)
 
 

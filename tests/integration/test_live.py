@@ -42,8 +42,16 @@ async def take(sub: Subscriber, count: int, timeout_s: float = 5.0) -> list[str]
     got: list[str] = []
     async with asyncio.timeout(timeout_s):
         while len(got) < count:
-            got += [m.entry_id for m in await sub.next(0.5)]
+            got += [m.entry_id for batch in await sub.next(0.5) for m in batch.messages]
     return got
+
+
+async def settled(hub: LiveHub, last_id: str) -> None:
+    """Wait until the reader has read up to `last_id` or gone to sleep (it reads the tail on waking):
+    a subscriber joining now catches up to there (the reader waits `flush_s` between reads)."""
+    async with asyncio.timeout(5):
+        while hub._ready.is_set() and hub.positions[0] != last_id:
+            await asyncio.sleep(0.01)
 
 
 async def test_every_subscriber_gets_every_new_entry_in_order(hub: LiveHub, services: Services) -> None:
@@ -92,7 +100,8 @@ async def test_a_slow_subscriber_drops_its_oldest_and_then_reads_the_gap_from_th
 async def test_a_gap_longer_than_the_catch_up_limit_resets_the_subscriber(hub: LiveHub, services: Services) -> None:
     async with hub.subscribe(lambda r: True) as sub:
         cursor = sub.cursor
-    await post(services, 25)  # catch_up_max is 20
+    ids = await post(services, 25)  # catch_up_max is 20
+    await settled(hub, ids[-1])
     async with hub.subscribe(lambda r: True, cursor) as sub:
         with pytest.raises(Reset):
             await sub.next(1.0)
