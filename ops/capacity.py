@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -32,8 +33,7 @@ from app.embedded import EmbeddedServer
 from app.events import parse_batch, parse_structured
 from app.service import Services
 from app.settings import Settings
-from consumers.base import Consumer, Delivery
-from consumers.runner import Runner
+from ops.bench.dispatch import eventflow_worker
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -53,7 +53,7 @@ def server_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-async def measured(what: str, events: int, pid: int, work: Callable[[], Awaitable[None]]) -> Row:
+async def measured(what: str, events: int, pid: int, work: Callable[[], Awaitable[object]]) -> Row:
     server0, client0, started = server_cpu_s(pid), time.process_time(), time.perf_counter()
     await work()
     elapsed = time.perf_counter() - started
@@ -91,26 +91,10 @@ async def ingest_rows(services: Services, pid: int, events: int) -> list[Row]:
     return [batch, await measured("ingest, single events (64 concurrent)", singles_n, pid, singles)]
 
 
-async def dispatch_row(redis_url: str, settings: Settings, pid: int, events: int) -> Row:
+async def dispatch_row(settings: Settings, pid: int, events: int) -> Row:
     redis = connect(settings)
-    seen = 0
-    done = asyncio.Event()
-
-    async def noop(delivery: Delivery) -> None:
-        nonlocal seen
-        seen += 1
-        if seen >= events:
-            done.set()
-
-    runner = Runner([Consumer("capacity", noop)], redis, settings, "capacity-w1")
-
-    async def run() -> None:
-        task = asyncio.create_task(runner.run())
-        await asyncio.wait_for(done.wait(), timeout=300)
-        runner.stop.set()
-        await task
-
-    row = await measured(f"dispatch, 1 worker, {settings.partitions} partition(s)", events, pid, run)
+    work = partial(eventflow_worker, redis, settings, "capacity", events)  # the dispatch benchmark's run
+    row = await measured(f"dispatch, 1 worker, {settings.partitions} partition(s)", events, pid, work)
     await redis.aclose()
     return row
 
@@ -131,7 +115,7 @@ async def main(events: int) -> list[Row]:
                 rows.append(row)
             await redis.aclose()
             print(f"dispatch: {events * 6 // 5:,} events, one worker", file=sys.stderr)
-            rows.append(await dispatch_row(server.url, settings, pid, events * 6 // 5))
+            rows.append(await dispatch_row(settings, pid, events * 6 // 5))
     return rows
 
 

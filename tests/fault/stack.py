@@ -141,6 +141,16 @@ class Stack:
     async def producer_key(self, redis: Redis, name: str = "load") -> str:
         return (await Producers(redis, self.settings).create(name)).key
 
+    async def start_all(self, redis: Redis, workers: tuple[str, ...] = ("w1", "w2")) -> str:
+        """The production world: a producer, the worker processes and the web process, all running;
+        returns the producer's key."""
+        key = await self.producer_key(redis)
+        for name in workers:
+            self.start_worker(name)
+        await self.start_web()
+        await self.wait_workers(redis)
+        return key
+
     def operator(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 

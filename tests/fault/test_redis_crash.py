@@ -31,11 +31,7 @@ async def test_redis_killed_and_restarted_on_its_data_keeps_every_acknowledged_e
     stack = make_stack(appendfsync=appendfsync, EVENTFLOW_DURABILITY=mode)
     redis = stack.redis()
     try:
-        key = await stack.producer_key(redis)
-        for name in ("w1", "w2"):
-            stack.start_worker(name)
-        await stack.start_web()
-        await stack.wait_workers(redis)
+        key = await stack.start_all(redis)
         load, stop = Load(stack.url, key, tag=f"redis-{mode}"), asyncio.Event()
         running = asyncio.create_task(load.run(stop))
         await wait_acked(load, 600)

@@ -28,11 +28,7 @@ async def test_a_full_redis_refuses_ingest_clearly_and_harms_nothing_stored(
     stack = make_stack()
     redis = stack.redis()
     try:
-        key = await stack.producer_key(redis)
-        for name in ("w1", "w2"):
-            stack.start_worker(name)
-        await stack.start_web()
-        await stack.wait_workers(redis)
+        key = await stack.start_all(redis)
         load, stop = Load(stack.url, key, tag="full"), asyncio.Event()
         running = asyncio.create_task(load.run(stop))
         await wait_acked(load, 300)

@@ -33,11 +33,7 @@ async def test_a_paused_redis_and_cut_connections_get_prompt_503s_and_recover_by
     redis = stack.redis()
     pid = stack.server.process.pid if stack.server.process else 0
     try:
-        key = await stack.producer_key(redis)
-        for name in ("w1", "w2"):
-            stack.start_worker(name)
-        await stack.start_web()
-        await stack.wait_workers(redis)
+        key = await stack.start_all(redis)
         load, stop = Load(stack.url, key, tag="stall"), asyncio.Event()
         running = asyncio.create_task(load.run(stop))
         await wait_acked(load, 300)

@@ -23,11 +23,7 @@ async def test_a_web_process_killed_mid_load_loses_no_acknowledged_event(
     stack = make_stack()
     redis = stack.redis()
     try:
-        key = await stack.producer_key(redis)
-        for name in ("w1", "w2"):
-            stack.start_worker(name)
-        await stack.start_web()
-        await stack.wait_workers(redis)
+        key = await stack.start_all(redis)
         load, stop = Load(stack.url, key, tag="web"), asyncio.Event()
         running = asyncio.create_task(load.run(stop))
         for _ in range(KILLS):

@@ -68,11 +68,7 @@ async def test_slow_and_crashing_receivers_retry_on_schedule_dead_letter_once_an
                        FAULT_NOTIFY_ATTEMPTS=str(ATTEMPTS))
     redis = stack.redis()
     try:
-        key = await stack.producer_key(redis)
-        for name in ("w1", "w2"):
-            stack.start_worker(name)
-        await stack.start_web()
-        await stack.wait_workers(redis)
+        key = await stack.start_all(redis)
         await subscribe(stack, receiver)
         stop = asyncio.Event()
         plain = Load(stack.url, key, tag="plain", producers=4, rate=40, event_type="hook.plain")

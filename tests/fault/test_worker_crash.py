@@ -26,11 +26,7 @@ async def test_workers_killed_mid_batch_finish_every_event_in_every_group(
     stack = make_stack(FAULT_TALLY_SLEEP_S="0.02")
     redis = stack.redis()
     try:
-        key = await stack.producer_key(redis)
-        for name in WORKERS:
-            stack.start_worker(name)
-        await stack.start_web()
-        await stack.wait_workers(redis)
+        key = await stack.start_all(redis, WORKERS)
         load, stop = Load(stack.url, key, tag="worker"), asyncio.Event()
         running = asyncio.create_task(load.run(stop))
         held: set[str] = set()  # what the killed workers had taken and not acknowledged (tally's pending list)
