@@ -1,40 +1,30 @@
 """The runner: for each consumer, the partitions this worker holds a seat in (consumers/assign.py),
-each read by one loop with bounded concurrency; graceful shutdown. A poll first claims deliveries
-whose backoff has passed, then (every half lease) takes over entries idle past the lease, then reads
-new entries; `concurrency` lanes handle them while the next batch is read, and finished deliveries
-are acknowledged together.
+each read by a GroupLoop (consumers/loop.py) with bounded concurrency, following the seats as workers
+come and go; a heartbeat; graceful shutdown within EVENTFLOW_SHUTDOWN_GRACE_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import socket
-import time
-import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import msgspec
 from redis.asyncio import Redis
 
 from app.connections import is_unavailable
-from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, now_ms
-from app.errortrack import ErrorTracker, reporter_from_settings
-from app.ids import trace_id
-from app.metrics import Metrics, default_metrics
+from app.dispatch import Dispatch, now_ms
 from app.settings import Settings
-from app.tracing import Tracer, from_settings
 from consumers.assign import Changes, Seats
-from consumers.base import Consumer, Delivery, Permanent, Retry
+from consumers.base import Consumer
+from consumers.loop import GroupLoop, Observers, Outage, sleep_unless
+
+__all__ = ["GroupLoop", "Observers", "Outage", "Runner", "consumer_id"]
 
 log = logging.getLogger("eventflow.consumers")
-
-RETRY_POLL_S = 0.25  # how often a loop looks for retries that other processes scheduled
-BLOCK_MS = 250  # longest wait for new entries before looking at retries and stop again
 
 
 def consumer_id(settings: Settings, environ: Mapping[str, str]) -> str:
@@ -44,384 +34,6 @@ def consumer_id(settings: Settings, environ: Mapping[str, str]) -> str:
     machine = environ.get("FLY_MACHINE_ID") or socket.gethostname()
     slot = environ.get("EVENTFLOW_WORKER_SLOT") or environ.get("PS", "worker.1").rpartition(".")[2] or "1"
     return f"{machine}-{slot}"
-
-
-class Outage:
-    """Logs a Redis outage once when it starts and once when it ends, not once per poll."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.delay_s = 0.1
-
-    def failed(self, exc: BaseException) -> float:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("%s: Redis unavailable (%s); retrying with backoff", self.what, exc)
-        self.delay_s = min(5.0, self.delay_s * 2)
-        return self.delay_s
-
-    def ok(self, asked_at: float | None = None) -> None:
-        """Redis answered a request sent at `asked_at` (an answer to one sent before the outage began
-        says nothing about it ending)."""
-        if self.since is not None and asked_at is not None and asked_at < self.since:
-            return
-        if self.since is not None:
-            log.info("%s: Redis is back after %.1f s", self.what, time.monotonic() - self.since)
-            self.since = None
-        self.delay_s = 0.1
-
-
-@dataclass
-class Observers:
-    """Where a runner reports: metrics, error monitoring, and span export (None: off)."""
-
-    metrics: Metrics
-    errors: ErrorTracker
-    tracer: Tracer | None = None
-
-    @classmethod
-    def from_settings(cls, dispatch: Dispatch) -> Observers:
-        settings = dispatch.settings
-        errors = ErrorTracker(dispatch.redis, settings, reporter=reporter_from_settings(settings))
-        return cls(default_metrics(), errors, from_settings(settings, "eventflow-worker"))
-
-
-class GroupLoop:
-    """Delivers one partition's events to one consumer.
-
-    A reader keeps `concurrency` lanes fed, reading ahead while they work (up to two batches in
-    hand), so one slow delivery holds up only its own lane; finished deliveries are acknowledged
-    together. An ordered consumer routes each partition key to one lane and retries a failed event
-    in place, so nothing behind it in that key runs first.
-    """
-
-    def __init__(self, consumer: Consumer, dispatch: Dispatch, partition: int, name: str,
-                 observers: Observers | None = None, outage: Outage | None = None) -> None:
-        self.consumer = consumer
-        self.dispatch = dispatch
-        self.partition = partition
-        self.name = name  # this process's consumer name within the group
-        self.halt = asyncio.Event()  # stop reading: shutdown, or the partition goes to another worker
-        self.ordered = consumer.ordered
-        self.lease_ms = int(consumer.lease_s * 1000)
-        self.outage = outage or Outage(f"consumer {consumer.name} partition {partition}")
-        self.lost = 0
-        self._next_retry_poll = 0.0  # monotonic time of the next routine look at the retry schedule
-        self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
-        self._next_reclaim = 0.0
-        self._wanted: dict[bytes, bool] = {}
-        self._lanes = max(1, consumer.concurrency)
-        self._queues: list[asyncio.Queue[tuple[Pending, int] | None]] = [
-            asyncio.Queue() for _ in range(self._lanes if self.ordered else 1)]
-        self._held: dict[int, Pending] = {}  # read and not finished (their lease is renewed)
-        self._high_water = max(2 * consumer.batch_size, self._lanes)
-        self._room = asyncio.Event()  # fewer than _high_water in hand: read more
-        self._room.set()
-        self._idle = asyncio.Event()  # nothing in hand
-        self._idle.set()
-        self._acks: list[Pending] = []
-        self._ack_wanted = asyncio.Event()
-        self._ack_lock = asyncio.Lock()
-        self.observers = observers or Observers(default_metrics(), ErrorTracker(dispatch.redis, dispatch.settings))
-        self.tracer = self.observers.tracer
-        self._bind_metrics(self.observers.metrics, consumer.name)
-
-    def _bind_metrics(self, m: Metrics, group: str) -> None:
-        # Bound once: the hot path only bumps plain counters (see app/metrics.py).
-        self._metrics = m
-        self._timing = m.timing(m.handler_duration, group)
-        self._durations: list[float] = []  # handler times, observed together at each ack
-        self._outcome = {o: m.count(m.deliveries, group, o)
-                         for o in ("succeeded", "failed", "dead_lettered", "invalid", "skipped")}
-        self._retries = m.retries.labels(group)
-        self._dead_letters = {r: m.dead_letters.labels(group, r) for r in ("permanent", "max-attempts", "invalid")}
-        self._lost = m.lost_entries.labels(group)
-
-    def stop(self) -> None:
-        """Stop reading. What was read is still handled (an ordered consumer finishes only the events
-        in hand and leaves the rest pending, in order, for whoever reads the partition next)."""
-        self.halt.set()
-        self._room.set()
-        self._idle.set()
-
-    async def run(self) -> None:
-        lanes = [asyncio.create_task(self._lane(self._queues[i % len(self._queues)])) for i in range(self._lanes)]
-        helpers = [asyncio.create_task(self._acker()), asyncio.create_task(self._renewer())]
-        try:
-            await self._read()
-            for queue in self._queues:  # after what is queued (ordered lanes stop before it)
-                for _ in range(self._lanes):
-                    queue.put_nowait(None)
-            await asyncio.gather(*lanes)
-            with contextlib.suppress(Exception):  # not acked: redelivered after the lease
-                await self._flush_acks()
-        finally:
-            for task in (*lanes, *helpers):
-                task.cancel()
-            await asyncio.gather(*lanes, *helpers, return_exceptions=True)
-
-    async def _read(self) -> None:
-        group = self.consumer.name
-        own = True  # first drain what this consumer name left pending before a restart
-        taken_over = not self.ordered
-        while not self.halt.is_set():
-            try:
-                if not taken_over:  # the only reader now: what the last one left is ours, in order
-                    await self.dispatch.take_over(group, self.name, self.partition)
-                    taken_over = True
-                if own:
-                    claimed, asked_at = await self._own(), time.monotonic()
-                    own = bool(claimed.entries)
-                else:
-                    await self._room.wait()
-                    if self.halt.is_set():
-                        break
-                    asked_at = time.monotonic()
-                    claimed = await self._poll()
-                self.outage.ok(asked_at)
-                await self._take(claimed)
-                if own:  # reading one's own pending entries again must not see these twice
-                    await self._idle.wait()
-                    await self._flush_acks()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_unavailable(exc):
-                    await _sleep_unless(self.halt, self.outage.failed(exc))
-                else:
-                    log.exception("consumer loop error", extra={"group": group, "partition": self.partition})
-                    await _sleep_unless(self.halt, 1.0)
-
-    async def _own(self) -> Claimed:
-        claimed = await self.dispatch.read(self.consumer.name, self.name, self.partition,
-                                           self.consumer.batch_size, None, own=True)
-        for entry in claimed.entries:
-            entry.deliveries = 2
-        return claimed
-
-    async def _take(self, claimed: Claimed) -> None:
-        self.lost += claimed.lost
-        if claimed.lost:
-            self._lost.inc(claimed.lost)
-            log.error("%d pending entries were deleted or trimmed before delivery (lost)", claimed.lost,
-                      extra={"group": self.consumer.name, "partition": self.partition})
-        entries = claimed.entries
-        if not entries:
-            return
-        attempts = await self._attempt_numbers(entries)
-        queues = self._queues
-        for entry, attempt in zip(entries, attempts, strict=True):
-            self._held[id(entry)] = entry
-            queue = queues[0] if len(queues) == 1 else queues[zlib.crc32(_key_of(entry.fields)) % len(queues)]
-            queue.put_nowait((entry, attempt))
-        self._idle.clear()
-        if len(self._held) >= self._high_water:
-            self._room.clear()
-
-    async def _poll(self) -> Claimed:
-        now = time.monotonic()
-        group, batch = self.consumer.name, self.consumer.batch_size
-        out = Claimed([])
-        if not self.ordered and (now >= self._next_retry_poll or (self._due and now >= self._due[0])):
-            self._next_retry_poll = now + RETRY_POLL_S
-            while self._due and self._due[0] <= now:
-                heapq.heappop(self._due)
-            out = await self.dispatch.claim_due(group, self.name, self.partition, batch)
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + self.consumer.lease_s / 2
-            idle = await self.dispatch.reclaim_idle(group, self.name, self.partition, self.lease_ms, batch)
-            out = Claimed(out.entries + idle.entries, out.lost + idle.lost)
-        if out.entries:
-            return out
-        # Wake up in time for the earliest retry this loop scheduled itself.
-        wake = min(self._next_retry_poll, self._due[0] if self._due else self._next_retry_poll)
-        block_ms = max(1, min(BLOCK_MS, int((wake - time.monotonic()) * 1000) + 1))
-        fresh = await self.dispatch.read(group, self.name, self.partition, batch, block_ms)
-        return Claimed(fresh.entries, out.lost + fresh.lost)
-
-    async def _lane(self, queue: asyncio.Queue[tuple[Pending, int] | None]) -> None:
-        while (item := await queue.get()) is not None:
-            entry, attempt = item
-            while True:
-                try:
-                    acked = await self._handle_one(entry, attempt)
-                    break
-                except Exception as exc:  # noqa: BLE001 - Redis failed while recording the outcome
-                    if not self.ordered:  # left pending: delivered again after the lease
-                        log.warning("delivery outcome not recorded (%s); it stays pending", exc,
-                                    extra={"group": self.consumer.name, "entry_id": entry.entry_id})
-                        acked = False
-                        break
-                    await _sleep_unless(self.halt, self.outage.failed(exc))  # ordered: nothing may pass it
-                    if self.halt.is_set():
-                        return
-            self._finished(entry, acked)
-            if self.ordered and self.halt.is_set():
-                return
-
-    def _finished(self, entry: Pending, acked: bool) -> None:
-        held = self._held
-        del held[id(entry)]
-        if acked:
-            self._acks.append(entry)
-            self._ack_wanted.set()
-        if len(held) < self._high_water:
-            self._room.set()
-        if not held:
-            self._idle.set()
-
-    async def _acker(self) -> None:
-        while True:
-            await self._ack_wanted.wait()
-            try:
-                await self._flush_acks()
-            except Exception as exc:  # noqa: BLE001 - kept, and sent again after a pause
-                await asyncio.sleep(self.outage.failed(exc) if is_unavailable(exc) else 1.0)
-
-    async def _flush_acks(self) -> None:
-        """Acknowledge every finished delivery in one XACK per stream."""
-        async with self._ack_lock:
-            self._ack_wanted.clear()
-            if self._durations:
-                self._timing.observe_many(self._durations)
-                self._durations.clear()
-            if not self._acks:
-                return
-            acks, self._acks = self._acks, []
-            try:
-                await self.dispatch.ack(self.consumer.name, acks)
-            except BaseException:
-                self._acks[:0] = acks
-                raise
-            self._metrics.touch()
-
-    async def _renewer(self) -> None:
-        while True:
-            await asyncio.sleep(self.consumer.lease_s / 3)
-            if not self._held:
-                continue
-            try:
-                await self.dispatch.renew(self.consumer.name, self.name, list(self._held.values()))
-            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
-                log.warning("lease renewal failed: %s", exc)
-
-    async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int]:
-        # Redeliveries and replays continue the attempt count kept in the attempt records.
-        again = [e for e in entries if e.deliveries > 1 or e.kind != LOG]
-        if not again:
-            return [1] * len(entries)
-        last = dict(zip(map(id, again), await self.dispatch.last_attempt(self.consumer.name, again), strict=True))
-        numbers = []
-        for entry in entries:
-            record = last.get(id(entry))
-            numbers.append(max(entry.deliveries if id(entry) in last else 1, record.attempt + 1 if record else 1))
-        return numbers
-
-    def _wants(self, event_type: bytes) -> bool:
-        """Consumer.wants, remembered per type (a log holds few distinct types; bounded anyway)."""
-        wanted = self._wanted.get(event_type)
-        if wanted is None:
-            if len(self._wanted) > 10_000:
-                self._wanted.clear()
-            wanted = self._wanted[event_type] = self.consumer.wants(event_type.decode(errors="replace"))
-        return wanted
-
-    async def _handle_one(self, entry: Pending, attempt: int) -> bool:
-        """Run the handler (an ordered consumer: until it succeeds or gives up); True to ack the entry."""
-        event_type = entry.fields.get(b"type")
-        if event_type is not None and not self._wants(event_type):
-            self._outcome["skipped"].n += 1
-            return True  # not for this consumer: acknowledged without calling the handler
-        delivery = Delivery(entry, self.consumer.name, attempt)
-        if b"_v" not in entry.fields:  # written straight into the stream: check it, never trust it
-            from app.schemas import schemas_for  # only direct writes need the validators: a lean start-up
-
-            problems = delivery.record.problems or await schemas_for(self.dispatch).problems_of(delivery.record)
-            if problems:
-                await self._dead(delivery, "invalid", "; ".join(problems), None, 0.0)
-                return False
-        started = time.perf_counter()
-        try:
-            await self.consumer.handler(delivery)
-        except Permanent as exc:
-            self._ran(delivery, started, exc)
-            await self._dead(delivery, "permanent", str(exc), type(exc).__name__, started, exc)
-            return False
-        except Retry as exc:
-            self._ran(delivery, started, exc)
-            return await self._failed(delivery, exc, exc.delay_s, started)
-        except Exception as exc:  # noqa: BLE001 - every other failure is transient by contract
-            self._ran(delivery, started, exc)
-            return await self._failed(delivery, exc, None, started)
-        elapsed = time.perf_counter() - started  # inlined _ran(): this is the path every event takes
-        self._durations.append(elapsed)
-        if self.tracer is not None:
-            self.tracer.delivery(delivery, elapsed, None)
-        if attempt > 1 or entry.kind != LOG:  # it has an attempt history: close it
-            await self.dispatch.record(self.consumer.name, entry, self._attempt(delivery, "succeeded", started))
-        self._outcome["succeeded"].n += 1
-        return True
-
-    def _ran(self, delivery: Delivery, started: float, exc: BaseException | None) -> None:
-        elapsed = time.perf_counter() - started
-        self._durations.append(elapsed)
-        if self.tracer is not None:
-            self.tracer.delivery(delivery, elapsed, exc)
-
-    async def _failed(self, delivery: Delivery, exc: Exception, delay_s: float | None, started: float) -> bool:
-        if delivery.attempt >= self.consumer.max_attempts:
-            await self._dead(delivery, "max-attempts", str(exc), type(exc).__name__, started, exc)
-            return False
-        wait_s = delay_s if delay_s is not None else self.consumer.backoff.delay_s(delivery.attempt)
-        record = self._attempt(delivery, "failed", started, exc)
-        record.next_at_ms = now_ms() + int(wait_s * 1000)
-        if self.ordered:  # retried in place: the key's later events wait behind it
-            await self.dispatch.record(self.consumer.name, delivery.pending, record)
-        else:
-            await self.dispatch.schedule_retry(self.consumer.name, delivery.pending, record)
-            heapq.heappush(self._due, time.monotonic() + wait_s)
-        self._outcome["failed"].n += 1
-        self._retries.inc()
-        context = self._context(delivery)
-        self.observers.errors.note(self.consumer.name, type(exc).__name__, str(exc), delivery.id, exc=exc,
-                                   trace_id=context["trace_id"])  # type: ignore[arg-type]
-        log.warning("delivery failed; retrying in %.2f s: %s: %s", wait_s, type(exc).__name__, exc,
-                    extra=context)
-        if not self.ordered:
-            return False
-        await _sleep_unless(self.halt, wait_s)
-        if self.halt.is_set():
-            return False  # stays pending: the partition's next reader starts from it
-        return await self._handle_one(delivery.pending, delivery.attempt + 1)
-
-    async def _dead(self, delivery: Delivery, reason: str, error: str, error_type: str | None, started: float,
-                    exc: BaseException | None = None) -> None:
-        record = self._attempt(delivery, "dead-lettered", started)
-        record.error, record.error_type = error[:2000], error_type
-        await self.dispatch.dead_letter(self.consumer.name, delivery.pending, record, reason)
-        self._outcome["invalid" if reason == "invalid" else "dead_lettered"].n += 1
-        self._dead_letters[reason].inc()
-        context = self._context(delivery)
-        self.observers.errors.note(self.consumer.name, error_type or "InvalidEvent", error, delivery.id, dead=True,
-                                   exc=exc, trace_id=context["trace_id"])  # type: ignore[arg-type]
-        log.error("dead-lettered (%s): %s", reason, error, extra=context)
-
-    def _attempt(self, delivery: Delivery, outcome: str, started: float, exc: Exception | None = None) -> Attempt:
-        return Attempt(
-            attempt=delivery.attempt, outcome=outcome, at_ms=now_ms(), consumer=self.name,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3) if started else None,
-            error_type=type(exc).__name__ if exc else None, error=str(exc)[:2000] if exc else None,
-            span_id=delivery.span_id,
-        )
-
-    def _context(self, delivery: Delivery) -> dict[str, object]:
-        parent = str(delivery.event.get("traceparent", ""))
-        return {
-            "event_id": delivery.id, "event_type": delivery.type, "group": self.consumer.name,
-            "attempt": delivery.attempt, "entry_id": delivery.entry_id,
-            "trace_id": trace_id(parent) if len(parent) == 55 else None, "span_id": delivery.span_id,
-        }
 
 
 class Runner:
@@ -451,7 +63,7 @@ class Runner:
             except Exception as exc:
                 if not is_unavailable(exc) or self.stop.is_set():
                     raise
-                await _sleep_unless(self.stop, outage.failed(exc))
+                await sleep_unless(self.stop, outage.failed(exc))
 
     async def run(self) -> None:
         await self.setup()
@@ -488,10 +100,10 @@ class Runner:
                 except Exception as exc:
                     if not is_unavailable(exc):
                         log.exception("partition seats: tick failed", extra={"group": consumer.name})
-                    await _sleep_unless(self.stop, outage.failed(exc) if is_unavailable(exc) else 1.0)
+                    await sleep_unless(self.stop, outage.failed(exc) if is_unavailable(exc) else 1.0)
                     continue
                 reading.apply(changes)
-                await _sleep_unless(self.stop, seats.tick_s)
+                await sleep_unless(self.stop, seats.tick_s)
         except asyncio.CancelledError:
             reading.cancel()
             raise
@@ -519,7 +131,7 @@ class Runner:
                 await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
                 log.debug("heartbeat failed: %s", exc)
-            await _sleep_unless(self.stop, 10)
+            await sleep_unless(self.stop, 10)
 
 
 class _Reading:
@@ -573,18 +185,3 @@ class _Reading:
         await asyncio.gather(*(task for _, task in self.running.values()), *self.leaving, return_exceptions=True)
         with contextlib.suppress(Exception):  # the seats expire anyway
             await self.seats.leave_group()
-
-
-def _key_of(fields: Mapping[bytes, bytes]) -> bytes:
-    """An entry's partition key, as app/service.py chooses it (the extension, else source and subject)."""
-    key = fields.get(b"partitionkey")
-    if key is None:
-        key = fields.get(b"source", b"") + b"\n" + fields.get(b"subject", b"")
-    return key
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
