@@ -55,26 +55,26 @@ def run_embedded(args: argparse.Namespace, settings: Settings) -> int:
         return _run_embedded_cluster(data_dir.with_name(data_dir.name + "-cluster"), args.cluster)
     server = EmbeddedServer(data_dir, port=args.port, appendfsync=args.appendfsync).start()
     print(f"embedded Valkey on {server.url} (data in {data_dir}, AOF {args.appendfsync}); Ctrl-C stops it")
-    try:
-        server.process.wait() if server.process else None
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return _serve(server, [server])
 
 
 def _run_embedded_cluster(data_dir: Path, primaries: int) -> int:
     cluster = EmbeddedCluster(data_dir, primaries=primaries).start()
     print(f"embedded Valkey Cluster of {primaries} primaries (data in {data_dir}); Ctrl-C stops it\n"
           f"REDIS_URL={cluster.url}")
+    return _serve(cluster, cluster.nodes)
+
+
+def _serve(running: EmbeddedServer | EmbeddedCluster, nodes: list[EmbeddedServer]) -> int:
+    """Wait for the server processes until Ctrl-C (or SIGTERM), then stop them."""
     try:
-        for node in cluster.nodes:
-            node.process.wait() if node.process else None
+        for node in nodes:
+            if node.process:
+                node.process.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        cluster.stop()
+        running.stop()
     return 0
 
 
