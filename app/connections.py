@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,11 +103,27 @@ async def execute_waited(
     return results[:-1], [results[-1]] * len(commands)
 
 
+# Connections execute_packed keeps for itself, per pool: a round trip on one costs a third of
+# what a checkout from redis-py's pool and a client-level command cost (the pool's lock, timeout
+# and checks were most of a low-load append's client time). One is taken from the pool only when
+# none is free, and at most this many are kept (the rest go back).
+_KEEP = 4
+_kept: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
 async def _packed_on(pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """One pipeline on one connection of a pool (a Redis pool or a cluster node)."""
     cluster_node = isinstance(pool, ClusterNode)
-    conn = pool.acquire_connection() if cluster_node else await pool.get_connection()
+    if cluster_node:
+        conn = pool.acquire_connection()
+    else:
+        kept = _kept.get(pool)
+        if kept is None:
+            kept = _kept[pool] = []
+        conn = kept.pop() if kept else await pool.get_connection()
     try:
+        # The default health check: a connection idle for over health_check_interval is PINGed
+        # first, so one that died with a restarted server is replaced before an append goes out.
         await conn.send_packed_command(b"".join(map(pack_command, commands)))
         results: list[Any] = []
         for _ in commands:
@@ -121,6 +138,8 @@ async def _packed_on(pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     finally:
         if cluster_node:
             pool.release(conn)
+        elif len(kept) < _KEEP:
+            kept.append(conn)  # every reply was read (or it is disconnected and reconnects on use)
         else:
             await pool.release(conn)
 
@@ -166,6 +185,8 @@ async def _packed_on_nodes(
 
 def _key_of(command: tuple[Any, ...]) -> Any:
     name = command[0].upper() if isinstance(command[0], str) else command[0].decode().upper()
+    if name in ("XREAD", "XREADGROUP"):
+        return command[[str(arg).upper() for arg in command].index("STREAMS") + 1]
     return command[_KEY_AT.get(name, 1)]
 
 
