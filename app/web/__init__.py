@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import AsyncIterator
 
@@ -44,6 +45,11 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
             raise
         app.state.services.live.render = event_row  # the live feed sends rendered table rows
         await app.state.services.live.start()
+        if redis is None:  # the app owns the process (tests share one, and pass a client)
+            # Everything built so far (modules, routes, templates, services) lives as long as the
+            # process: keep the cyclic GC from walking it again on every full collection. With 1,000
+            # live viewers the slowest delivery fell from ~215 ms to ~160 ms (ops.bench.live, 4 runs).
+            gc.freeze()
         try:
             yield
         finally:
