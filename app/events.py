@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
+import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -460,8 +460,10 @@ def now_rfc3339() -> str:
 
 
 def fresh_traceparents(n: int) -> list[str]:
-    """`n` new sampled traces (random trace and parent span ids), from one urandom call."""
-    ids = os.urandom(24 * n).hex()
+    """`n` new sampled traces (random trace and parent span ids), from one draw of the process's
+    PRNG: trace ids need to be unique, not secret, and a urandom call is a system call per request
+    (the random module reseeds itself in every forked worker)."""
+    ids = f"{random.getrandbits(192 * n):0{48 * n}x}"
     return [f"00-{ids[i : i + 32]}-{ids[i + 32 : i + 48]}-01" for i in range(0, 48 * n, 48)]
 
 

@@ -10,6 +10,7 @@ problems as everywhere else (app/web/problems.py builds both).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ log = logging.getLogger("eventflow.web")
 
 ONE, BATCH = "/v1/events", "/v1/events/batch"
 _encode = msgspec.json.Encoder().encode
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch  # what quote(safe='') leaves as it is
 _JSON = [(b"content-type", b"application/json")]
 # What app/web/security.py adds to API answers (no CSP: these are not documents).
 _API_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
@@ -60,8 +62,10 @@ async def ingest(svc: Services, path: str, headers: Mapping[str, str], body: byt
         return _problem(path, EventFlowError("an unexpected error occurred; it has been logged"))
     if is_batch:
         return Answer(202, _encode({"events": appended}), list(_JSON))
-    # Event ids are any string: encode it, a raw non-Latin-1 id cannot go in a header at all.
-    location = f"{ONE}/{quote(appended[0].id, safe='')}".encode()
+    # Event ids are any string: encode it, a raw non-Latin-1 id cannot go in a header at all
+    # (ids EventFlow makes, and most producers', need no quoting: skip the call for those).
+    ident = appended[0].id
+    location = f"{ONE}/{ident if _UNRESERVED(ident) else quote(ident, safe='')}".encode()
     return Answer(202, _encode(appended[0]), [*_JSON, (b"location", location)])
 
 
