@@ -27,6 +27,7 @@ from app.web.problems import PROBLEM_JSON, problem_parts
 log = logging.getLogger("eventflow.web")
 
 ONE, BATCH = "/v1/events", "/v1/events/batch"
+RAW_SEND = "eventflow.raw_send"  # the server's own `send`, for SSE bodies (app/web/sse.py)
 _encode = msgspec.json.Encoder().encode
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch  # what quote(safe='') leaves as it is
 _JSON = [(b"content-type", b"application/json")]
@@ -88,6 +89,7 @@ class IngestFastPath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path")
         if scope["type"] != "http" or scope["method"] != "POST" or path not in (ONE, BATCH):
+            scope[RAW_SEND] = send
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
