@@ -194,11 +194,21 @@ def _measure_rounds(targets: dict[str, Target], config: BenchConfig, tool: str, 
     rounds: dict[str, list[Row]] = {s.name: [] for s in SCENARIOS}
     present = [s for s in SCENARIOS if s.app in targets]
     for n in range(config.rounds):
+        order = round_order(present, n, config.rounds)
         if config.rounds > 1:
-            progress(f"round {n + 1} of {config.rounds}")
-        for s in present:
+            progress(f"round {n + 1} of {config.rounds}, starting with {order[0].name}")
+        for s in order:
             rounds[s.name].append(_measure(s, targets[s.app], config, tool, f"{run_id}-r{n + 1}"))
     return [_median(rounds[s.name]) for s in present]
+
+
+def round_order(scenarios: list[Scenario], n: int, rounds: int) -> list[Scenario]:
+    """Round `n`'s order: the list rotated by n/rounds of its length, so each row takes a different
+    place in each round and its median carries no one place's bias (a row runs on a web process and
+    a server that earlier rows left warm, grown or busy: the first EventFlow row on a process read
+    10-20% above later ones in some runs)."""
+    shift = n * len(scenarios) // max(1, rounds)
+    return scenarios[shift:] + scenarios[:shift]
 
 
 def _steady(target: Target, config: BenchConfig, server_bench: extras.Tool, root: Path) -> dict[str, Any]:

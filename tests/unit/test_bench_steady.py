@@ -59,3 +59,14 @@ def test_the_memory_target_is_for_steady_load_and_the_live_streams_are_shown_bes
     streaming = next(line for line in table.splitlines() if "with 1,000 SSE clients streaming" in line)
     assert "70 MB" in steady and steady.split()[-1] == "met"
     assert "170 MB" in streaming and streaming.split()[-1] not in ("met", "MISSED")
+
+
+def test_rounds_rotate_the_row_order_and_one_round_keeps_it() -> None:
+    from ops.bench.ingest import SCENARIOS, round_order
+
+    rows = list(SCENARIOS)
+    assert round_order(rows, 0, 1) == rows
+    orders = [round_order(rows, n, 3) for n in range(3)]
+    assert all(sorted(s.name for s in order) == sorted(s.name for s in rows) for order in orders)
+    assert len({order[0].name for order in orders}) == 3
+    assert [order.index(rows[0]) for order in orders] == [0, len(rows) - len(rows) // 3, len(rows) - 2 * len(rows) // 3]
