@@ -89,7 +89,8 @@ class IngestFastPath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path")
         if scope["type"] != "http" or scope["method"] != "POST" or path not in (ONE, BATCH):
-            scope[RAW_SEND] = send
+            if scope["type"] == "http":
+                scope[RAW_SEND] = send
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
