@@ -28,7 +28,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.logs import JsonFormatter, Redactor, secret_values
-from app.metrics import default_metrics
+from app.metrics import FLUSH_S, default_metrics
 from app.service import Services
 from app.settings import Settings
 from app.tracing import Tracer
@@ -200,7 +200,15 @@ async def test_several_granian_workers_report_one_total(granian_two_workers: tup
     def healthz_count() -> float:
         return sample(scrape(), "eventflow_http_requests_total", route="/healthz", method="GET", status="200")
 
-    before = await asyncio.to_thread(healthz_count)
+    # The fixture's readiness probes reach the shared files up to FLUSH_S later: start counting from
+    # a total that stayed put for longer than that.
+    before, deadline = await asyncio.to_thread(healthz_count), time.monotonic() + 15
+    while time.monotonic() < deadline:
+        await asyncio.sleep(FLUSH_S + 0.3)
+        now = await asyncio.to_thread(healthz_count)
+        if now == before:
+            break
+        before = now
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(max_connections=20)) as c:
         results = await asyncio.gather(*(c.get("/healthz") for _ in range(n)))
     assert all(r.status_code == 200 for r in results)
