@@ -183,6 +183,11 @@ async def _packed_on_nodes(
     return results, waits
 
 
+def pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A stream entry's flat field list (a raw reply) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _key_of(command: tuple[Any, ...]) -> Any:
     name = command[0].upper() if isinstance(command[0], str) else command[0].decode().upper()
     if name in ("XREAD", "XREADGROUP"):

@@ -17,7 +17,7 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from app.connections import execute_packed, transaction
+from app.connections import execute_packed, pairs, transaction
 from app.keys import Keys
 from app.scripts import Scripts
 from app.settings import Settings
@@ -109,8 +109,7 @@ class Dispatch:
                 if not flat:  # deleted or trimmed while pending
                     lost.append((kind, _s(stream_id)))
                     continue
-                values = iter(flat)
-                out.entries.append(_pending(kind, _s(stream_id), partition, dict(zip(values, values, strict=True))))
+                out.entries.append(_pending(kind, _s(stream_id), partition, pairs(flat)))
         if own and out.entries:
             out.entries = await self._not_scheduled(group, partition, out.entries)
         if lost:
@@ -129,7 +128,7 @@ class Dispatch:
             if claimed == b"L":
                 out.lost += 1
             elif claimed != b"N":
-                fields = dict(zip(claimed[1][::2], claimed[1][1::2], strict=True))
+                fields = pairs(claimed[1])
                 out.entries.append(_pending(kind, stream_id, partition, fields, deliveries=2))
         return out
 

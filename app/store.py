@@ -20,7 +20,7 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
 
-from app.connections import execute_packed, execute_waited, is_unavailable, redis_errors, unavailable
+from app.connections import execute_packed, execute_waited, is_unavailable, pairs, redis_errors, unavailable
 from app.errors import FieldProblem, InvalidEvent, NotFound, Unavailable
 from app.events import Record
 from app.ids import is_entry_id, made_entry
@@ -350,7 +350,7 @@ class EventLog:
                 [stream, index], [hi, lo, q.limit - len(records), match, "1" if q.newest_first else "0", _QUERY_BUDGET]
             )
             last = _s(reply[0])
-            records += [Record.from_entry(_s(e), partition, _pairs(f)) for e, f in reply[1:]]
+            records += [Record.from_entry(_s(e), partition, pairs(f)) for e, f in reply[1:]]
             if not last or len(records) >= q.limit:
                 return records, None
             if q.newest_first:
@@ -451,10 +451,6 @@ def _tighter(current: str, candidate: str, *, upper: bool) -> str:
 def _entry_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 _msgpack = msgspec.msgpack.Encoder().encode  # fields are str: the script's cmsgpack reads no bin type

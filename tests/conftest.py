@@ -32,6 +32,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS
 
 
 @pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A server of this test's own, free to be stopped and started again on the same port."""
+    server = EmbeddedServer(tmp_path / "valkey").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def settings(redis_server: EmbeddedServer) -> Settings:
     """Settings pointing at the session server, under a prefix no other test uses."""
     return Settings(redis_url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}", redis_timeout_s=2.0)

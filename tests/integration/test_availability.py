@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 
 import httpx
-import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -21,14 +19,6 @@ from tests.integration.helpers import assert_problem
 
 Client = AsyncTestClient[Litestar]
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    """A server of this test's own, free to be stopped and started again on the same port."""
-    server = EmbeddedServer(tmp_path / "valkey").start()
-    yield server
-    server.stop()
 
 
 async def producer_on(server: EmbeddedServer, settings: Settings) -> dict[str, str]:

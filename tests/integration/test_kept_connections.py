@@ -4,8 +4,7 @@ and replaced after the server restarts (the health check PINGs a connection idle
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -13,13 +12,6 @@ from redis.asyncio import Redis
 from app.connections import _kept, connect, execute_packed
 from app.embedded import EmbeddedServer
 from app.settings import Settings
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(tmp_path / "valkey").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
