@@ -23,7 +23,7 @@ from app.web import metrics as metrics_web
 from app.web import retention as retention_api
 from app.web import stats as stats_api
 from app.web import types as types_api
-from app.web.dashboard.render import event_row
+from app.web.dashboard.render import event_row_fields
 from app.web.ingest import IngestFastPath
 from app.web.problems import EXCEPTION_HANDLERS
 from app.web.security import security_headers
@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
             if redis is None:
                 await client.aclose()  # a refused start-up (e.g. durability check) must not leak it
             raise
-        app.state.services.live.render = event_row  # the live feed sends rendered table rows
+        app.state.services.live.render = event_row_fields  # the feed sends each row's fields
         await app.state.services.live.start()
         if redis is None:  # the app owns the process (tests share one, and pass a client)
             # Everything built so far (modules, routes, templates, services) lives as long as the

@@ -126,9 +126,8 @@ def _matcher(type_: str | None, source: str | None) -> Callable[[Record], bool]:
 
 
 def _frame(message: Message) -> bytes:
-    """One entry as an SSE event: its cursor as the id, the rendered row as one line of JSON."""
-    data = msgspec.json.encode({"entry_id": message.entry_id, "html": message.data})
-    return b"id: %s\nevent: event\ndata: %s\n\n" % (message.ident.encode(), data)
+    """One entry as an SSE event: its cursor as the id, the row's fields as one line of JSON."""
+    return b"id: %s\nevent: event\ndata: %s\n\n" % (message.ident.encode(), msgspec.json.encode(message.data))
 
 
 async def _feed(stream: EventStream, sub: Subscriber) -> None:

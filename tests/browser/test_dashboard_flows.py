@@ -8,6 +8,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
+from app.keys import Keys
 from tests.browser.conftest import Stack, shot
 
 GROUPS = ("analytics", "flaky", "recorder")
@@ -72,13 +73,45 @@ def test_a_registered_producer_s_events_appear_live_and_succeed_in_every_group(
     shot(page, "event")
 
 
+# A row as the page shows it: tag, attributes (sorted) and text, whitespace between tags ignored.
+# The "fresh" class is the live row's arrival highlight.
+_ROW_SHAPE = """row => {
+  const shape = node => node.nodeType === Node.TEXT_NODE ? node.textContent.trim() : [
+    node.tagName, [...node.attributes].filter(a => !(a.name === "class" && a.value === "fresh"))
+      .map(a => a.name + "=" + a.value).sort(), [...node.childNodes].map(shape).filter(c => c !== "")];
+  return shape(row);
+}"""
+
+
+def test_a_row_that_arrives_live_is_the_row_the_page_renders(open_page: Any, stack: Stack) -> None:
+    page = open_page("admin")
+    key = register_producer(page, "rows")
+    page.goto("/events")
+    expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live")
+    posted = stack.post_event(key, {"type": "row.checked", "subject": "<i>order & 1</i>", "id": "row-1"})
+    # Written straight into the stream without a source: listed, and flagged invalid.
+    direct = stack.redis.xadd(Keys(stack.prefix).stream(0), {"type": "row.direct", "id": "row-2"}).decode()
+    live = {}
+    for entry in (posted["entry_id"], direct):
+        row = page.locator(f'tr[data-entry="{entry}"]')
+        expect(row).to_have_class("fresh")  # built by the page's script, not loaded with the page
+        live[entry] = row.evaluate(_ROW_SHAPE)
+    assert "invalid" in page.locator(f'tr[data-entry="{direct}"]').inner_text()
+    page.reload()
+    for entry, shape in live.items():
+        row = page.locator(f'tr[data-entry="{entry}"]')
+        expect(row).not_to_have_class("fresh")
+        assert row.evaluate(_ROW_SHAPE) == shape
+
+
 def test_a_failing_consumer_dead_letters_and_a_replay_succeeds(open_page: Any, stack: Stack) -> None:
     page = open_page("admin")
     key = register_producer(page, "payments")
     stack.redis.set(stack.key("broken"), "1")
     try:
         posted = stack.post_event(key, {"type": "payment.captured", "data": {"payment": "pay_77", "cents": 1999}})
-        stack.wait(lambda: stack.redis.xlen(stack.dead_letters) >= 1, "the dead letter")
+        stack.wait(lambda: any(f.get(b"id") == posted["id"].encode()
+                               for _, f in stack.redis.xrevrange(stack.dead_letters, count=20)), "the dead letter")
     finally:
         stack.redis.delete(stack.key("broken"))
     page.goto("/dead-letters")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -250,8 +251,11 @@ async def _feed_and_resume(app: Any, cookie: str, services: Services) -> None:
     [first] = await post(services, 1)
     _, body = await client.until(first)
     await client.leave()
-    assert f"id: {first}\nevent: event\ndata: " in body
-    assert "<tr" in body and "\\u003c" not in body.split(first)[0]
+    frame = body[body.index(f"id: {first}\nevent: event\ndata: "):]
+    row = json.loads(frame.split("data: ", 1)[1].split("\n", 1)[0])
+    assert row == {"entry_id": first, "type": "t", "source": "billing", "subject": None,
+                   "id": row["id"], "invalid": False}
+    assert (await services.log.get(row["id"])).entry_id == first
     missed = await post(services, 2)
     again = _Client(app, "/live/events", cookie, last_event_id=first)
     _, body = await again.until(missed[1])

@@ -9,6 +9,7 @@ from app.events import Record
 from app.live import LiveHub, Message, Subscriber
 from app.settings import Settings
 from app.web import sse
+from app.web.dashboard.render import event_row_fields
 
 
 def _hub(**kwargs: Any) -> LiveHub:
@@ -64,11 +65,20 @@ def test_a_batch_is_encoded_once_whoever_sends_it() -> None:
 
 
 def test_the_sse_frame_carries_the_cursor_as_id_and_the_row_as_one_line_of_json() -> None:
-    hub = _hub(render=lambda record: "<tr>\n<td>x</td></tr>")
+    hub = _hub(render=lambda record: {"entry_id": record.entry_id, "subject": "two\nlines"})
     message = Message(0, "7-1", {b"type": b"a", b"source": b"s"}, hub.render)
     message.ident = "7-1,5-0"
     assert sse._frame(message) == (
-        b'id: 7-1,5-0\nevent: event\ndata: {"entry_id":"7-1","html":"<tr>\\n<td>x</td></tr>"}\n\n')
+        b'id: 7-1,5-0\nevent: event\ndata: {"entry_id":"7-1","subject":"two\\nlines"}\n\n')
+
+
+def test_the_feed_sends_a_row_s_fields_and_flags_an_entry_that_is_no_valid_event() -> None:
+    good = Record.from_entry("7-1", 0, {b"_v": b"1", b"id": b"e-1", b"type": b"order.created",
+                                        b"source": b"shop", b"subject": b"<b>o-1</b>", b"time": b"2026-11-27T06:00:00Z"})
+    assert event_row_fields(good) == {"entry_id": "7-1", "type": "order.created", "source": "shop",
+                                      "subject": "<b>o-1</b>", "id": "e-1", "invalid": False}
+    direct = Record.from_entry("7-2", 0, {b"type": b"order.created"})  # XADDed without a source
+    assert event_row_fields(direct)["invalid"] is True
 
 
 def test_a_subscriber_that_falls_behind_drops_its_backlog_and_takes_no_more_until_it_catches_up() -> None:

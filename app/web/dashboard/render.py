@@ -180,6 +180,11 @@ def page(request: AnyRequest, template: str, *, status: int = 200, headers: dict
                     headers={"Cache-Control": "no-store", **(headers or {})})
 
 
-def event_row(record: Record) -> str:
-    """One row of the events table (the page and the live feed share it)."""
-    return render("_event_row.html", record=record, fresh=True)
+def event_row_fields(record: Record) -> dict[str, Any]:
+    """What the live feed sends for one row of the events table: the page's script builds the row
+    from these (the same markup as `_event_row.html`; tests/browser compares the two). About a third
+    of the bytes of the rendered row, for every viewer: with 1,000 viewers at 1k events/s that is
+    ~160 MB/s less to write, and the web process renders no template per entry."""
+    event = record.event
+    return {"entry_id": record.entry_id, "type": event.get("type", ""), "source": event.get("source", ""),
+            "subject": event.get("subject"), "id": event.get("id", ""), "invalid": bool(record.problems)}
