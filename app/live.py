@@ -50,8 +50,8 @@ FLUSH_MAX_S = 0.05
 
 
 class Message:
-    """One log entry on its way to subscribers; `data` (what the feed sends for it) is made once, on first use. `ident` is
-    the cursor just after this entry (every partition's position, comma-separated)."""
+    """One log entry on its way to subscribers; `data` (what the feed sends for it) is made once, on
+    first use. `ident` is the cursor just after this entry (every partition's position, comma-separated)."""
 
     __slots__ = ("__dict__", "entry_id", "ident", "partition", "record")
 

@@ -73,8 +73,8 @@ def test_the_sse_frame_carries_the_cursor_as_id_and_the_row_as_one_line_of_json(
 
 
 def test_the_feed_sends_a_row_s_fields_and_flags_an_entry_that_is_no_valid_event() -> None:
-    good = Record.from_entry("7-1", 0, {b"_v": b"1", b"id": b"e-1", b"type": b"order.created",
-                                        b"source": b"shop", b"subject": b"<b>o-1</b>", b"time": b"2026-11-27T06:00:00Z"})
+    good = Record.from_entry("7-1", 0, {b"_v": b"1", b"id": b"e-1", b"type": b"order.created", b"source": b"shop",
+                                        b"subject": b"<b>o-1</b>", b"time": b"2026-11-27T06:00:00Z"})
     assert event_row_fields(good) == {"entry_id": "7-1", "type": "order.created", "source": "shop",
                                       "subject": "<b>o-1</b>", "id": "e-1", "invalid": False}
     direct = Record.from_entry("7-2", 0, {b"type": b"order.created"})  # XADDed without a source
