@@ -126,33 +126,36 @@ class Sessions:
 class LoginThrottle:
     """At most `EVENTFLOW_LOGIN_MAX_FAILURES` failed logins per client address per window.
 
-    The count lives in Redis (INCR is atomic, every web process shares it); the window starts at
-    the first failure and is not extended by later ones, so a blocked client waits it out."""
+    Each try takes an attempt from the count before the password is checked (INCR is atomic, every
+    web process shares it), and a right password gives it back: checking first and counting the
+    failure after the slow hash let any number of concurrent tries through. The window starts at
+    the first attempt and is not extended by later ones, so a blocked client waits it out."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
 
-    async def retry_after_s(self, client: str) -> int | None:
-        """Seconds until this client may try again, or None when it may try now."""
-        key = self.keys.login_failures(client)
-        async with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.ttl(key)
-            count, ttl = await pipe.execute()
-        if count is None or int(count) < self.settings.login_max_failures:
-            return None
-        return max(1, int(ttl))
-
-    async def failed(self, client: str) -> None:
+    async def attempt(self, client: str) -> int | None:
+        """Take an attempt: None when this client may try now, else the seconds until it may."""
         key = self.keys.login_failures(client)
         async with redis_errors(self.settings):
             pipe = transaction(self.redis)
             pipe.incr(key)
             pipe.expire(key, self.settings.login_window_s, nx=True)
-            await pipe.execute()
+            pipe.ttl(key)
+            count, _, ttl = await pipe.execute()
+        if count <= self.settings.login_max_failures:
+            return None
+        return max(1, int(ttl))
+
+    async def succeeded(self, client: str) -> None:
+        """Give the attempt back: a right password is no failure (and never outlives the window)."""
+        async with redis_errors(self.settings):
+            await self.redis.eval(_GIVE_BACK, 1, self.keys.login_failures(client))
+
+
+_GIVE_BACK = "if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end"
 
 
 def _now_ms() -> int:

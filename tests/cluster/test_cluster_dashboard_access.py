@@ -7,9 +7,11 @@ from tests.integration.test_dashboard_access import (  # noqa: F401 - collected 
     operators,
     pytestmark,
     test_deleting_an_operator_or_changing_a_password_ends_their_sessions,
+    test_concurrent_wrong_passwords_get_no_more_tries_than_the_limit,
     test_failed_logins_are_limited_per_client_address,
     test_login_issues_a_new_session_and_ends_the_one_the_browser_had,
     test_logout_ends_the_session,
     test_pages_need_a_session_and_send_you_back_where_you_were,
+    test_right_passwords_do_not_use_up_the_failed_login_limit,
     test_sessions_expire_when_idle_and_after_their_maximum_age,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -82,6 +83,25 @@ async def test_failed_logins_are_limited_per_client_address(make_client: MakeCli
         # Behind a trusted proxy, the address is the one the proxy appended: another client is not blocked.
         client.headers["X-Forwarded-For"] = "203.0.113.9"
         assert (await login(client, *ADMIN)).status_code == 303
+
+
+async def test_concurrent_wrong_passwords_get_no_more_tries_than_the_limit(make_client: MakeClient) -> None:
+    async with make_client(login_max_failures=3, login_window_s=60) as client:
+        form = csrf_token((await client.get("/login")).text)
+        tries = [client.post("/login", data={"csrf_token": form, "username": ADMIN[0], "password": f"guess-{n}"})
+                 for n in range(20)]
+        answers = sorted(resp.status_code for resp in await asyncio.gather(*tries))
+    assert answers == [401] * 3 + [429] * 17
+
+
+async def test_right_passwords_do_not_use_up_the_failed_login_limit(make_client: MakeClient) -> None:
+    async with make_client(login_max_failures=2, login_window_s=60) as client:
+        assert (await login(client, ADMIN[0], "wrong-password")).status_code == 401
+        for _ in range(4):
+            assert (await login(client, *ADMIN)).status_code == 303
+            client.cookies.clear()  # logged out again (a session's GET /login redirects)
+        assert (await login(client, ADMIN[0], "wrong-password")).status_code == 401
+        assert (await login(client, *ADMIN)).status_code == 429  # two failures: the window is spent
 
 
 async def test_login_issues_a_new_session_and_ends_the_one_the_browser_had(

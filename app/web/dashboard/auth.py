@@ -125,15 +125,15 @@ async def login(request: AnyRequest) -> Response[Any]:
     if not tokens_match(request.cookies.get(LOGIN_COOKIE, ""), form.get(CSRF_FIELD)):
         return _login_page(request, error="The form expired. Please try again.", status=403, next_path=next_path)
     client = client_address(request, settings)
-    wait_s = await svc.login_throttle.retry_after_s(client)
+    wait_s = await svc.login_throttle.attempt(client)
     if wait_s is not None:
         return _login_page(request, error=f"Too many failed attempts. Try again in {wait_s} s.", status=429,
                            next_path=next_path, headers={"Retry-After": str(wait_s)})
     try:
         user = await svc.users.authenticate(str(form.get("username", "")), str(form.get("password", "")))
     except Unauthorized:
-        await svc.login_throttle.failed(client)
         return _login_page(request, error="Wrong name or password.", status=401, next_path=next_path)
+    await svc.login_throttle.succeeded(client)
     token, _session = await svc.sessions.start(user, previous_token=request.cookies.get(SESSION_COOKIE))
     response: Response[Any] = Redirect(next_path, status_code=303)
     response.set_cookie(_cookie(request, SESSION_COOKIE, token, max_age=None))
