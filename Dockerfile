@@ -42,7 +42,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     EVENTFLOW_WORKER_METRICS_PORT=9100 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/eventflow-metrics \
     EVENTFLOW_DATA_DIR=/data \
-    EVENTFLOW_AUDIT_PATH=/data/audit
+    EVENTFLOW_AUDIT_PATH=/data/audit \
+    EVENTFLOW_ARCHIVE_PATH=/data/archive
 WORKDIR /app
 # 8000: the API and dashboard; 9091: web metrics and 9100: worker metrics (private network only).
 EXPOSE 8000 9091 9100

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from app.errors import FieldProblem, InvalidEvent
+from app.errors import ConfigError, FieldProblem, InvalidEvent
 from app.settings import Settings
 
 PASSWORD_ENV = "EVENTFLOW_ADMIN_PASSWORD"
@@ -47,8 +47,11 @@ def read_password(environ: Any = os.environ, prompt: Callable[[str], str] = getp
     given = environ.get(PASSWORD_ENV)
     if given:
         return str(given)
-    first = prompt("Password: ")
-    if prompt("Again: ") != first:
+    try:
+        first, again = prompt("Password: "), prompt("Again: ")
+    except EOFError:  # no terminal to type at (a script, a pipe)
+        raise ConfigError(f"no password: type it at a terminal, or set {PASSWORD_ENV}") from None
+    if again != first:
         raise InvalidEvent([FieldProblem("/password", "the two passwords differ")])
     return first
 

@@ -98,7 +98,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         if not args.no_consumers and _has_consumers():
             children.append(subprocess.Popen([_bin("eventflow"), "consume"], env=env))
         _wait_http(f"http://127.0.0.1:{port}/healthz", children)
-        _banner(port, key, server, _admin_lines(port, admin_password, data_dir))
+        _banner(port, key, data_dir / "dev-producer.key", server, _admin_lines(port, admin_password, data_dir))
         _wait_children(children)
     except KeyboardInterrupt:
         print("\nstopping ...")
@@ -180,13 +180,13 @@ def _admin_lines(port: int, password: str | None, data_dir: Path) -> str:
             f"                (kept in {data_dir / 'admin-password'})\n")
 
 
-def _banner(port: int, key: str, server: EmbeddedServer | None, dashboard: str = "") -> None:
+def _banner(port: int, key: str, key_file: Path, server: EmbeddedServer | None, dashboard: str = "") -> None:
     url = f"http://127.0.0.1:{port}"
     redis_line = f"embedded Valkey at {server.url}" if server else "Redis from REDIS_URL"
     print(f"""
 EventFlow is running at {url}   ({redis_line})
 {dashboard}  API docs:     {url}/schema/swagger
-  producer key: {key}   (producer "dev", kept in .eventflow/dev-producer.key)
+  producer key: {key}   (producer "dev", kept in {key_file})
 
 Post an event:
   curl -sS -X POST {url}/v1/events \\

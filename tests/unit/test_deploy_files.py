@@ -164,3 +164,11 @@ def test_the_image_needs_no_dev_or_embedded_extras() -> None:
 @pytest.mark.parametrize("name", ["PROMETHEUS_MULTIPROC_DIR", "EVENTFLOW_METRICS_PORT", "PORT"])
 def test_fly_and_the_image_set_the_same_observability_env(name: str) -> None:
     assert fly()["env"][name] == docker_env()[name]
+
+
+@pytest.mark.parametrize("name", ["EVENTFLOW_AUDIT_PATH", "EVENTFLOW_ARCHIVE_PATH", "EVENTFLOW_DATA_DIR"])
+def test_what_the_worker_writes_lands_on_its_volume(name: str) -> None:
+    # The image's working directory belongs to root; the worker (uid 10001) can write the volume only.
+    [mount] = [fly()["mounts"]] if isinstance(fly()["mounts"], dict) else fly()["mounts"]
+    assert "worker" in mount["processes"]
+    assert Path(docker_env()[name]).is_relative_to(mount["destination"])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from argon2 import PasswordHasher, Type
 
@@ -60,6 +64,14 @@ def test_the_cli_takes_the_password_from_the_environment_or_asks_twice() -> None
     answers = iter(["one", "two"])
     with pytest.raises(InvalidEvent):
         read_password({}, prompt=lambda _: next(answers))
+
+
+def test_without_a_terminal_or_the_variable_the_cli_says_how_to_give_the_password() -> None:
+    done = subprocess.run([sys.executable, "-m", "app.cli", "users", "create", "alice", "--role", "admin"],
+                          input=b"", capture_output=True, timeout=60, check=False,
+                          env={k: v for k, v in os.environ.items() if k != PASSWORD_ENV})
+    assert done.returncode != 0
+    assert PASSWORD_ENV in done.stderr.decode() and "Traceback" not in done.stderr.decode()
 
 
 def _no_prompt(_: str) -> str:
