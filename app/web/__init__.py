@@ -9,16 +9,14 @@ from collections.abc import AsyncIterator
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from redis.asyncio import Redis
 
-from app import __version__
 from app.connections import connect
 from app.logs import configure_logging
 from app.metrics import default_metrics
 from app.service import Services
 from app.settings import Settings
-from app.web import api, dashboard, errortrack, health, operations, webhooks
+from app.web import api, apidocs, dashboard, errortrack, health, operations, webhooks
 from app.web import metrics as metrics_web
 from app.web import retention as retention_api
 from app.web import stats as stats_api
@@ -61,13 +59,13 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
     return Litestar(
         route_handlers=[*api.ROUTES, *health.ROUTES, *operations.ROUTES, *webhooks.ROUTES, *stats_api.ROUTES,
                         *dashboard.routers(), *metrics_web.ROUTES, *errortrack.ROUTES,
-                        *types_api.ROUTES, *retention_api.ROUTES],
+                        *types_api.ROUTES, *retention_api.ROUTES, apidocs.assets()],
         middleware=[IngestFastPath, web_metrics.middleware(), security_headers(settings)],
         lifespan=[lifespan, metrics_web.lifespan(web_metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings, "web_metrics": web_metrics}),
-        openapi_config=OpenAPIConfig(title="EventFlow", version=__version__, path="/schema"),
+        openapi_config=apidocs.openapi_config(),
         debug=False,
         logging_config=None,  # Litestar's default would replace the root handlers (app/logs.py's JSON)
     )

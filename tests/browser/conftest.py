@@ -137,8 +137,9 @@ def open_page(browser: Any, stack: Stack) -> Iterator[Callable[..., Any]]:
     """`open_page("admin")`: a fresh browser context logged in as that operator (or None: logged out)."""
     contexts: list[Any] = []
 
-    def make(role: str | None = "admin", *, width: int = 1280, height: int = 860) -> Any:
-        context = browser.new_context(viewport={"width": width, "height": height}, base_url=stack.url)
+    def make(role: str | None = "admin", *, width: int = 1280, height: int = 860, javascript: bool = True) -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height}, base_url=stack.url,
+                                      java_script_enabled=javascript)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()

@@ -23,7 +23,7 @@ import pytest
 
 TIMEOUT_S = 120
 RUNTIME = {"litestar", "msgspec", "granian", "redis", "hiredis", "jinja2", "prometheus-client", "argon2-cffi",
-           "jsonschema-rs", "httpx"}  # what production runs; the others are dev and test tools
+           "jsonschema-rs", "httpx", "swagger-ui-py"}  # what production runs; the others are dev and test tools
 
 
 def pip_audit() -> dict[str, object] | None:

@@ -3,6 +3,8 @@ client address behind a proxy, the throughput estimate, retention hold-backs and
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -174,3 +176,16 @@ def test_the_trace_lists_each_recorded_attempt_under_the_event_s_parent_span() -
     assert trace.unrecorded == ["ledger"]
     assert trace_of(_detail(None, [])) is None
     assert trace_of(_detail("00-not-a-trace", [])) is None
+
+
+def test_no_dashboard_module_talks_to_redis_itself() -> None:
+    """Pages read and change data through the service layer only (the public API's), never Redis."""
+    web = Path(__file__).resolve().parents[2] / "app" / "web"
+    for module in [*sorted((web / "dashboard").glob("*.py")), web / "sse.py"]:
+        tree = ast.parse(module.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.split(".")[0] == "redis" for n in names), f"{module.name} imports redis"
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("redis", "execute_command", "pipeline"), f"{module.name}: .{node.attr}"
