@@ -496,6 +496,27 @@ def enrich(event: Incoming, source: str, traceparent: str | None, now: str) -> l
     return fields
 
 
+def partition_key(extensions: Mapping[str, Any], source: str, subject: str | None) -> str:
+    """What picks an event's partition, and its lane in an ordered consumer: the `partitionkey`
+    extension (as text), else the source and subject."""
+    key = extensions.get("partitionkey")
+    return f"{source}\n{subject or ''}" if key is None else str(key)
+
+
+def stored_partition_key(fields: Mapping[bytes, bytes]) -> str:
+    """`partition_key` read back from a log entry: EventFlow keeps extensions in `_x` (JSON); a direct
+    writer's top-level `partitionkey` field counts too (`_x` wins, as in `Record.from_entry`)."""
+    extensions: dict[str, Any] = {}
+    packed = fields.get(b"_x")
+    if packed is not None and b"partitionkey" in packed:  # most events carry no extensions at all
+        _extensions_of(packed, extensions, [])
+    if "partitionkey" not in extensions and b"partitionkey" in fields:
+        extensions["partitionkey"] = fields[b"partitionkey"].decode("utf-8", "replace")
+    subject = fields.get(b"subject")
+    return partition_key(extensions, fields.get(b"source", b"").decode("utf-8", "replace"),
+                         subject.decode("utf-8", "replace") if subject is not None else None)
+
+
 class Record(msgspec.Struct, kw_only=True):
     """One log entry as the query API returns it: the CloudEvent plus where it sits in the log."""
 

@@ -14,7 +14,7 @@ from app.connections import check_server, is_unavailable, redis_errors
 from app.deadletters import DeadLetters
 from app.errors import ConfigError, Forbidden, NotFound, PayloadTooLarge
 from app.errortrack import ErrorGroup, ErrorTracker, reporter_from_settings
-from app.events import Incoming, Record, enrich, fresh_traceparents, now_rfc3339
+from app.events import Incoming, Record, enrich, fresh_traceparents, now_rfc3339, partition_key
 from app.ids import valid_traceparent
 from app.lifecycle import GroupState, Lifecycle
 from app.live import LiveHub
@@ -164,10 +164,7 @@ class Services:
         for event, parent in zip(events, parents, strict=True):
             partition = 0
             if keys.partitions > 1:
-                partition_key = event.extensions.get("partitionkey")
-                if partition_key is None:
-                    partition_key = f"{source}\n{event.subject or ''}"
-                partition = keys.partition_of(str(partition_key))
+                partition = keys.partition_of(partition_key(event.extensions, source, event.subject))
             items.append(Prepared(partition, event.id or "", source, event.type, enrich(event, source, parent, now)))
         return items
 

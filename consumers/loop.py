@@ -12,12 +12,13 @@ import heapq
 import logging
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.connections import is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, now_ms
 from app.errortrack import ErrorTracker, reporter_from_settings
+from app.events import stored_partition_key
 from app.ids import trace_id
 from app.metrics import Metrics, default_metrics
 from app.tracing import Tracer, from_settings
@@ -196,7 +197,9 @@ class GroupLoop:
         queues = self._queues
         for entry, attempt in zip(entries, attempts, strict=True):
             self._held[id(entry)] = entry
-            queue = queues[0] if len(queues) == 1 else queues[zlib.crc32(_key_of(entry.fields)) % len(queues)]
+            # An ordered consumer's lane by partition key: one key's events run one at a time, in order.
+            lane = 0 if len(queues) == 1 else zlib.crc32(stored_partition_key(entry.fields).encode()) % len(queues)
+            queue = queues[lane]
             queue.put_nowait((entry, attempt))
         self._idle.clear()
         if len(self._held) >= self._high_water:
@@ -405,14 +408,6 @@ class GroupLoop:
             "attempt": delivery.attempt, "entry_id": delivery.entry_id,
             "trace_id": trace_id(parent) if len(parent) == 55 else None, "span_id": delivery.span_id,
         }
-
-
-def _key_of(fields: Mapping[bytes, bytes]) -> bytes:
-    """An entry's partition key, as app/service.py chooses it (the extension, else source and subject)."""
-    key = fields.get(b"partitionkey")
-    if key is None:
-        key = fields.get(b"source", b"") + b"\n" + fields.get(b"subject", b"")
-    return key
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:

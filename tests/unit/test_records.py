@@ -8,7 +8,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.events import Incoming, Record, enrich, fresh_traceparents, parse_request
+from app.events import (
+    Incoming,
+    Record,
+    enrich,
+    fresh_traceparents,
+    parse_request,
+    partition_key,
+    stored_partition_key,
+)
 from app.ids import valid_traceparent
 
 NOW = "2024-05-01T10:00:00.000Z"
@@ -154,3 +162,18 @@ def test_fresh_traceparents_are_valid_and_each_starts_its_own_trace() -> None:
     parents = fresh_traceparents(50)
     assert len(parents) == 50 and all(valid_traceparent(p) for p in parents)
     assert len({p[3:35] for p in parents}) == 50
+
+
+@pytest.mark.parametrize("extra", [{}, {"subject": "order-1"}, {"partitionkey": "customer-7", "subject": "a"},
+                                   {"partitionkey": 42}, {"partitionkey": True, "region": "eu"}])
+def test_the_partition_key_read_back_from_the_log_is_the_one_ingest_chose(extra: dict[str, Any]) -> None:
+    event = incoming({"type": "order.created", "data": {"n": 1}, **extra})
+    fields = as_entry(enrich(event, "shop", None, "2026-11-27T06:00:00Z"))
+    chosen = partition_key(event.extensions, "shop", event.subject)
+    assert stored_partition_key(fields) == chosen
+    assert chosen == (str(extra["partitionkey"]) if "partitionkey" in extra else f"shop\n{extra.get('subject', '')}")
+
+
+def test_a_direct_writer_s_partitionkey_field_is_its_partition_key() -> None:
+    assert stored_partition_key({b"type": b"t", b"source": b"s", b"partitionkey": b"k-1"}) == "k-1"
+    assert stored_partition_key({b"type": b"t", b"source": b"s", b"subject": b"x"}) == "s\nx"
