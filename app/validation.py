@@ -46,7 +46,8 @@ def compile_schema(schema: Any) -> Any:
     fetching remote documents is off, so registering a schema never makes a network call."""
     if not isinstance(schema, dict | bool):
         raise InvalidEvent([FieldProblem("/schema", "a JSON Schema is an object or a boolean")])
-    if isinstance(schema, dict) and schema.get("$schema", DRAFT).rstrip("#") != DRAFT:
+    dialect = schema.get("$schema", DRAFT) if isinstance(schema, dict) else DRAFT
+    if not isinstance(dialect, str) or dialect.rstrip("#") != DRAFT:
         raise InvalidEvent([FieldProblem("/schema/$schema", f"only JSON Schema draft 2020-12 ({DRAFT})", "$schema")])
     try:
         jsonschema_rs.meta.validate(schema)

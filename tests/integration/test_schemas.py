@@ -194,6 +194,8 @@ async def test_a_version_that_would_reject_recent_events_needs_force(
 async def test_an_invalid_schema_is_refused_with_a_pointer_into_it(api: httpx.AsyncClient) -> None:
     resp = await register(api, schema={"type": "object", "properties": {"amount": {"minimum": "zero"}}})
     assert_problem(resp, 422, "/schema/properties/amount/minimum")
+    for dialect in (None, 5, ["x"]):
+        assert_problem(await register(api, schema={"$schema": dialect, "type": "object"}), 422, "/schema/$schema")
     assert_problem(await api.get("/v1/event-types/order.created", headers=OPERATOR), 404)
 
 
