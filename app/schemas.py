@@ -144,10 +144,13 @@ class _Compiled(NamedTuple):
     dataschema: str | None
 
 
+URN = "urn:eventflow:schema:"
+
+
 def dataschema_uri(event_type: str, version: int) -> str:
     """The CloudEvents `dataschema` of a version (an absolute URI naming it; the API serves it at
     /v1/event-types/<type>/schemas/<version>)."""
-    return f"urn:eventflow:schema:{quote(event_type, safe='')}:{version}"
+    return f"{URN}{quote(event_type, safe='')}:{version}"
 
 
 class Schemas:
@@ -176,7 +179,7 @@ class Schemas:
     async def check_incoming(self, events: Sequence[Incoming], source: str) -> None:
         """Check events against their types' current schemas (all or nothing, like ingest).
 
-        Sets `dataschema` on checked events the producer left it off, flags failures in warn mode
+        Sets `dataschema` on checked events (unless the producer gave a URI of its own), flags failures in warn mode
         (extension `schemaerrors`), and raises InvalidEvent for failures in enforce mode and for
         unregistered types when those are rejected."""
         if time.monotonic() >= self._next_check:
@@ -195,7 +198,9 @@ class Schemas:
             validator = compiled.validator
             if validator is None or compiled.mode is Mode.OFF:
                 continue
-            if event.dataschema is None:
+            if event.dataschema is None or event.dataschema.startswith(URN):
+                # EventFlow's own names say what it checked: a producer's stale or made-up one is
+                # replaced (a URI of the producer's own is kept).
                 event.dataschema = compiled.dataschema
             # The hot path: is_valid is several times cheaper than collecting errors.
             if event.data_base64 is None and validator.is_valid(None if event.data is None else _decode(event.data)):

@@ -95,6 +95,12 @@ async def test_a_valid_event_records_the_schema_version_as_dataschema(
     assert entry["dataschema"] == "urn:eventflow:schema:order.created:1"
     read = (await api.get(f"/v1/events/{resp.json()['id']}", headers=auth)).json()
     assert read["event"]["dataschema"] == "urn:eventflow:schema:order.created:1"
+    for given, kept in (("urn:eventflow:schema:order.created:99", "urn:eventflow:schema:order.created:1"),
+                        ("https://schemas.example.com/order.json", "https://schemas.example.com/order.json")):
+        resp = await api.post("/v1/events", headers=auth,
+                              json={"type": "order.created", "dataschema": given, "data": {"amount": 2}})
+        read = (await api.get(f"/v1/events/{resp.json()['id']}", headers=auth)).json()
+        assert read["event"]["dataschema"] == kept
 
 
 async def test_warn_accepts_flags_the_event_and_counts_it(
