@@ -80,12 +80,13 @@ async def get_event(request: AnyRequest, ident: FromPath[str]) -> Response[bytes
     return _json(await svc.get_event(ident, scope))
 
 
-def _time_ms(value: str | None, name: str, problems: list[FieldProblem]) -> int | None:
-    """RFC 3339 or milliseconds since the epoch; a bad value is added to `problems`."""
+def _time_ms(value: str | None, name: str, problems: list[FieldProblem], within: str = "") -> int | None:
+    """RFC 3339 or milliseconds since the epoch; a bad value is added to `problems` (its pointer
+    under `within`, for a time inside a JSON body)."""
     try:
         return parse_time(value, name)
     except InvalidEvent as exc:
-        problems.extend(exc.problems)
+        problems.extend(FieldProblem(within + p.pointer, p.message, p.keyword) for p in exc.problems)
         return None
 
 

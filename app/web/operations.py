@@ -12,16 +12,41 @@ from app.connections import redis_errors
 from app.deadletters import Filter
 from app.errors import FieldProblem, InvalidEvent, MalformedBody
 from app.web.api import _json, _time_ms, services
+from app.web.problems import field_problem
 
 AnyRequest = Request[Any, Any, Any]
 
 
+class SelectionFilter(msgspec.Struct, forbid_unknown_fields=True):
+    """The filter of a bulk action: the list's query parameters, as JSON. Strict: a misspelt or
+    unknown key is a 422, never a filter that quietly matches more than was meant."""
+
+    group: str | None = None
+    type: str | None = None
+    source: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
 class Selection(msgspec.Struct, forbid_unknown_fields=True):
-    """Which dead letters a bulk action applies to: explicit ids, or all matching a filter."""
+    """Which dead letters a bulk action applies to: explicit ids, all matching a filter, or all."""
 
     ids: list[str] | None = None
-    filter: Filter | None = None
+    filter: SelectionFilter | None = None
     all: bool = False
+
+    def to_filter(self) -> Filter:
+        given = self.filter or SelectionFilter()
+        if self.filter is not None and given == SelectionFilter():
+            raise InvalidEvent([FieldProblem("/filter", 'an empty filter selects every dead letter: send "all": '
+                                             "true for that, or name a group, type, source, since or until")])
+        problems: list[FieldProblem] = []
+        flt = Filter(group=given.group, type=given.type, source=given.source,
+                     since_ms=_time_ms(given.since, "since", problems, "/filter"),
+                     until_ms=_time_ms(given.until, "until", problems, "/filter"))
+        if problems:
+            raise InvalidEvent(problems)
+        return flt
 
 
 class HistoryReplay(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,8 +59,7 @@ def _decode(body: bytes, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
-        path = str(exc).rpartition("$")[2].rstrip("`").replace(".", "/").replace("[", "/").replace("]", "")
-        raise InvalidEvent([FieldProblem(path or "/", str(exc).split(" - at ")[0])]) from None
+        raise InvalidEvent([field_problem(str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
 
@@ -90,7 +114,7 @@ async def _selected(request: AnyRequest) -> tuple[Any, list[str]]:
     if sel.ids is None and sel.filter is None and not sel.all:
         raise InvalidEvent([FieldProblem("/ids", 'send "ids", a "filter", or "all": true')])
     async with redis_errors(svc.settings):
-        ids = sel.ids if sel.ids is not None else await svc.dead_letters.matching_ids(sel.filter or Filter())
+        ids = sel.ids if sel.ids is not None else await svc.dead_letters.matching_ids(sel.to_filter())
     return svc, ids
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -10,12 +11,28 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from app.connections import is_unavailable, unavailable
-from app.errors import EventFlowError, InvalidEvent, PayloadTooLarge, TooManyRequests, Unavailable
+from app.errors import EventFlowError, FieldProblem, InvalidEvent, PayloadTooLarge, TooManyRequests, Unavailable
 from app.web.metrics import note_problem
 
 log = logging.getLogger("eventflow.web")
 
 PROBLEM_JSON = "application/problem+json"
+
+
+_FIELD = re.compile(r"field `([^`]+)`")
+
+
+def field_problem(text: str) -> FieldProblem:
+    """msgspec's "Expected `str`, got `int` - at `$.types[0]`" as a JSON pointer and a message; a
+    missing or unknown field ("Object missing required field `url`") is pointed at itself."""
+    message, sep, path = text.rpartition(" - at `$")
+    if not sep:
+        message, path = text, ""
+    pointer = path.rstrip("`").replace("[", ".").replace("]", "").replace(".", "/")
+    field = _FIELD.search(message)
+    if field:
+        pointer += "/" + field.group(1)
+    return FieldProblem(pointer or "/", message)
 
 
 def problem_document(status: int, title: str, detail: str, instance: str, **extra: Any) -> dict[str, Any]:

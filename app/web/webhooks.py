@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
 from litestar.params import FromPath
 
-from app.errors import FieldProblem, MalformedBody
+from app.errors import MalformedBody
 from app.service import Services
+from app.web.problems import field_problem
 from app.webhooks import InvalidSubscription, SubscriptionIn, SubscriptionPatch, Webhooks
 
 AnyRequest = Request[Any, Any, Any]
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
-_FIELD = re.compile(r"field `([^`]+)`")
 
 
 async def operator(request: AnyRequest) -> Webhooks:
@@ -30,21 +29,9 @@ def _decode(body: bytes, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        raise InvalidSubscription([_problem(str(exc))]) from None
+        raise InvalidSubscription([field_problem(str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
-
-
-def _problem(text: str) -> FieldProblem:
-    """msgspec's "Expected `str`, got `int` - at `$.types[0]`" as a JSON pointer and a message."""
-    message, sep, path = text.rpartition(" - at `$")
-    if not sep:
-        message, path = text, ""
-    pointer = path.rstrip("`").replace("[", ".").replace("]", "").replace(".", "/")
-    field = _FIELD.search(message)  # "Object missing required field `url`": point at the field
-    if field:
-        pointer += "/" + field.group(1)
-    return FieldProblem(pointer or "/", message)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:

@@ -17,7 +17,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.settings import Settings
-from app.web.webhooks import _problem
+from app.web.problems import field_problem
 from app.webhooks import (
     BlockedAddress,
     InvalidSubscription,
@@ -306,7 +306,7 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     ("Expected `object`, got `array`", "/"),
 ])
 def test_body_validation_errors_point_at_the_field(message: str, pointer: str) -> None:
-    assert _problem(message).pointer == pointer
+    assert field_problem(message).pointer == pointer
 
 
 def test_settings_default_refuses_private_webhooks() -> None:

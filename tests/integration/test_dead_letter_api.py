@@ -1,0 +1,80 @@
+"""The operator API's bulk dead-letter actions: a filter selects exactly what it says (a misspelt key
+or an empty filter is a 422, never a selection of everything), and bodies' 422s name their field."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+import httpx
+import pytest
+
+from app.deadletters import Filter
+from app.events import parse_request
+from app.service import Services
+from app.settings import Settings
+from consumers.base import Consumer, Delivery, Permanent
+from consumers.runner import Runner
+from tests.integration.helpers import assert_problem, wait_for
+
+MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+TOKEN = "operator-token"
+OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def api(make_client: MakeClient) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(api_token=TOKEN) as client:
+        yield client
+
+
+@pytest.fixture
+async def three_dead_letters(services: Services, settings: Settings) -> AsyncIterator[None]:
+    async def refuses(delivery: Delivery) -> None:
+        raise Permanent("the downstream said no")
+
+    runner = Runner([Consumer("picky", refuses)], services.redis, settings, "w1")
+    task = asyncio.create_task(runner.run())
+    try:
+        for n in range(3):
+            events, _ = parse_request(f'{{"type": "t", "data": {n}}}'.encode(), "application/json", {})
+            await services.ingest(events, "billing", {})
+
+        async def dead() -> bool:
+            return len(await services.dead_letters.list(Filter(group="picky"))) == 3
+
+        await wait_for(dead)
+        yield
+    finally:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.usefixtures("three_dead_letters")
+async def test_a_bulk_action_takes_exactly_what_its_filter_selects(api: httpx.AsyncClient, services: Services) -> None:
+    long_ago = {"group": "picky", "until": "2000-01-01T00:00:00Z"}
+    resp = await api.post("/v1/dead-letters/discard", headers=OPERATOR, json={"filter": long_ago})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"selected": 0, "discarded": 0}
+    for flt, pointer in (({"grp": "picky"}, "/filter/grp"), ({}, "/filter"),
+                         ({"group": "picky", "since": "yesterday"}, "/filter/since")):
+        for action in ("discard", "replay"):
+            assert_problem(await api.post(f"/v1/dead-letters/{action}", headers=OPERATOR, json={"filter": flt}),
+                           422, pointer)
+    assert len(await services.dead_letters.list(Filter(group="picky"))) == 3  # none of that touched them
+
+    an_hour_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    resp = await api.post("/v1/dead-letters/discard", headers=OPERATOR,
+                          json={"filter": {"group": "picky", "since": an_hour_ago}})
+    assert resp.json() == {"selected": 3, "discarded": 3}
+    assert await services.dead_letters.list(Filter(group="picky")) == []
+
+
+async def test_a_history_replay_body_s_problems_name_their_field(api: httpx.AsyncClient) -> None:
+    assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"since": "2026-01-01T00:00:00Z"}),
+                   422, "/group")
+    assert_problem(await api.post("/v1/replay", headers=OPERATOR,
+                                  json={"group": "g", "since": "2026-01-01T00:00:00Z", "extra": 1}), 422, "/extra")
+    assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"group": 5, "since": "x"}), 422, "/group")
