@@ -55,9 +55,15 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     span_id: str | None = None
 
 
+_RECLAIM_PAGES = 10  # pending-list pages one reclaim_idle call reads at most, per stream
+
+
 class Claimed(msgspec.Struct):
     entries: list[Pending]
     lost: int = 0
+    # An own read (`Dispatch.read(own=...)`): where the next one starts, per stream (log, replay), or
+    # None when this one reached the end. It pages past scheduled retries, which it does not return.
+    after: tuple[str, str] | None = None
 
 
 def now_ms() -> int:
@@ -72,6 +78,7 @@ class Dispatch:
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
         self.scripts = Scripts(redis)
+        self._reclaim_from: dict[tuple[str, str], str] = {}  # (stream, group) -> where reclaim_idle goes on
 
     def stream_key(self, kind: str, partition: int, group: str) -> str:
         return self.keys.stream(partition) if kind == LOG else self.keys.replay(partition, group)
@@ -88,30 +95,37 @@ class Dispatch:
                         raise
 
     async def read(
-        self, group: str, consumer: str, partition: int, count: int, block_ms: int | None, *, own: bool = False
+        self, group: str, consumer: str, partition: int, count: int, block_ms: int | None, *,
+        own: tuple[str, str] | None = None,
     ) -> Claimed:
-        """New entries (`own=False`) or this consumer's own pending ones (`own=True`, at start-up)."""
+        """New entries, or (`own=(log id, replay id)`: at start-up, from ("0", "0")) this consumer's
+        own pending ones after those ids, scheduled retries left out; `after` says where to go on."""
         log_key, replay_key = self.keys.stream(partition), self.keys.replay(partition, group)
-        start = "0" if own else ">"
+        starts = own or (">", ">")
         block = ("BLOCK", block_ms) if block_ms is not None else ()
         # Sent raw (execute_packed): the worker reads all the time, and a client-level command cost
         # more than twice the round trip itself.
         command = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block,
-                   "STREAMS", log_key, replay_key, start, start)
+                   "STREAMS", log_key, replay_key, *starts)
         [reply] = await execute_packed(self.redis, [command])
         if isinstance(reply, Exception):
             raise reply
         out = Claimed([])
         lost: list[tuple[str, str]] = []
+        last = dict(zip((LOG, REPLAY), starts, strict=True))
         for stream, entries in reply.items() if isinstance(reply, dict) else reply or ():  # RESP3 | RESP2
             kind = LOG if _s(stream) == log_key else REPLAY
             for stream_id, flat in entries:
+                last[kind] = _s(stream_id)
                 if not flat:  # deleted or trimmed while pending
                     lost.append((kind, _s(stream_id)))
                     continue
                 out.entries.append(_pending(kind, _s(stream_id), partition, pairs(flat)))
-        if own and out.entries:
-            out.entries = await self._not_scheduled(group, partition, out.entries)
+        if own is not None:
+            if (last[LOG], last[REPLAY]) != own:
+                out.after = (last[LOG], last[REPLAY])
+            if out.entries:
+                out.entries = await self._not_scheduled(group, partition, out.entries)
         if lost:
             out.lost = len(lost)
             await self._ack_ids(group, partition, lost)
@@ -133,17 +147,31 @@ class Dispatch:
         return out
 
     async def reclaim_idle(self, group: str, consumer: str, partition: int, lease_ms: int, count: int) -> Claimed:
-        """Take over entries idle past the lease (their worker died or hangs), skipping scheduled retries."""
+        """Take over entries idle past the lease (their worker died or hangs), skipping scheduled retries.
+
+        Scheduled retries stay pending (often idle past the lease: a backoff longer than it), so the
+        pending list is paged, from where the last call stopped, until `count` others are found or
+        `_RECLAIM_PAGES` pages were read: retries piled at its head never hide what is behind them."""
         out = Claimed([])
         for kind in (LOG, REPLAY):
             key = self.stream_key(kind, partition, group)
-            pending = await self.redis.xpending_range(key, group, "-", "+", count, idle=lease_ms)
-            if not pending:
-                continue
-            deliveries = {_s(p["message_id"]): int(p["times_delivered"]) for p in pending}
-            members = [f"{kind}:{i}" for i in deliveries]
-            scores = await self.redis.zmscore(self.keys.retry_schedule(partition, group), members)
-            ids = [i for i, score in zip(deliveries, scores, strict=True) if score is None]
+            deliveries: dict[str, int] = {}
+            cursor = self._reclaim_from.get((key, group), "-")
+            for _page in range(_RECLAIM_PAGES):
+                pending = await self.redis.xpending_range(key, group, cursor, "+", count, idle=lease_ms)
+                page = {_s(p["message_id"]): int(p["times_delivered"]) for p in pending}
+                if page:
+                    scores = await self.redis.zmscore(self.keys.retry_schedule(partition, group),
+                                                      [f"{kind}:{i}" for i in page])
+                    deliveries |= {i: n for (i, n), score in zip(page.items(), scores, strict=True) if score is None}
+                    cursor = "(" + _s(pending[-1]["message_id"])
+                if len(page) < count:
+                    cursor = "-"  # the end: next time from the start
+                    break
+                if len(deliveries) >= count:
+                    break
+            self._reclaim_from[(key, group)] = cursor
+            ids = list(deliveries)
             if not ids:
                 continue
             claimed = await self.redis.xclaim(key, group, consumer, lease_ms, ids)

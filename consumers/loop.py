@@ -147,7 +147,7 @@ class GroupLoop:
 
     async def _read(self) -> None:
         group = self.consumer.name
-        own = True  # first drain what this consumer name left pending before a restart
+        own: tuple[str, str] | None = ("0", "0")  # first drain what this consumer name left pending
         taken_over = not self.ordered
         while not self.halt.is_set():
             try:
@@ -155,8 +155,8 @@ class GroupLoop:
                     await self.dispatch.take_over(group, self.name, self.partition)
                     taken_over = True
                 if own:
-                    claimed, asked_at = await self._own(), time.monotonic()
-                    own = bool(claimed.entries)
+                    claimed, asked_at = await self._own(own), time.monotonic()
+                    own = claimed.after
                 else:
                     await self._room.wait()
                     if self.halt.is_set():
@@ -165,7 +165,7 @@ class GroupLoop:
                     claimed = await self._poll()
                 self.outage.ok(asked_at)
                 await self._take(claimed)
-                if own:  # reading one's own pending entries again must not see these twice
+                if own:  # handled before the next page: one's own entries are read in order
                     await self._idle.wait()
                     await self._flush_acks()
             except asyncio.CancelledError:
@@ -177,9 +177,9 @@ class GroupLoop:
                     log.exception("consumer loop error", extra={"group": group, "partition": self.partition})
                     await sleep_unless(self.halt, 1.0)
 
-    async def _own(self) -> Claimed:
+    async def _own(self, after: tuple[str, str]) -> Claimed:
         claimed = await self.dispatch.read(self.consumer.name, self.name, self.partition,
-                                           self.consumer.batch_size, None, own=True)
+                                           self.consumer.batch_size, None, own=after)
         for entry in claimed.entries:
             entry.deliveries = 2
         return claimed

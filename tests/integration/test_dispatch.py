@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from app.deadletters import Filter
 from app.events import parse_request
+from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
 from consumers.base import Backoff, Consumer, Delivery, Permanent, Retry
@@ -294,3 +295,54 @@ async def test_the_runner_waits_out_a_redis_outage_and_logs_it_once(
         await asyncio.wait_for(task, 10)
         await redis.aclose()
         server.stop()
+
+
+async def _retries_ahead(services: Services, settings: Settings, redis: Redis, n: int) -> None:
+    """`n` events that worker w1 retries only in two minutes: pending, scheduled, soon idle past a lease."""
+    async def later(delivery: Delivery) -> None:
+        raise Retry(120, "not yet")
+
+    runner = Runner([Consumer("slow", later)], redis, settings, "w1")
+    task = asyncio.create_task(runner.run())
+    for n_ in range(n):
+        await post(services, b'{"type":"later","data":%d}' % n_)
+    keys = Keys(settings.prefix, settings.partitions)
+    schedule = keys.retry_schedule(keys.partition_of("billing\n"), "slow")
+
+    async def all_scheduled() -> bool:
+        return await redis.zcard(schedule) == n
+
+    await wait_for(all_scheduled, timeout_s=20)
+    runner.stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize("crashed", ["another worker", "this worker before a restart"])
+async def test_entries_a_crashed_worker_held_are_not_hidden_by_scheduled_retries_ahead_of_them(
+    services: Services, settings: Settings, redis: Redis, crashed: str
+) -> None:
+    await _retries_ahead(services, settings, redis, 150)  # more than a batch (100)
+    await asyncio.sleep(1.1)  # the retries are idle past the lease below before anything else is
+    entries = [await post(services, b'{"type":"now","data":%d}' % n) for n in range(5)]
+    holder = "w0" if crashed == "another worker" else "w1"
+    # The holder read them and died before handling them.
+    got = await redis.xreadgroup("slow", holder, {home_stream(settings): ">"}, count=5)
+    assert [e.decode() for e, _ in got[0][1]] == entries
+
+    handled: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        if delivery.type == "now":
+            handled.append(delivery.entry_id)
+        else:
+            raise Retry(120, "not yet")
+
+    # w1 comes back (its own pending entries, read at start-up), or w2 takes over w0's after the lease.
+    lease_s, name = (1.0, "w2") if crashed == "another worker" else (60.0, "w1")
+    runner = Runner([Consumer("slow", handler, lease_s=lease_s)], redis, settings, name)
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_for(lambda: sorted(handled) == sorted(entries), timeout_s=10)
+    finally:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)
