@@ -545,9 +545,38 @@ class Record(msgspec.Struct, kw_only=True):
                 event[name] = value.decode("utf-8", "replace")
         event.update(extensions)
         if direct:
-            event.setdefault("id", entry_id)
             problems += [f"missing {n}" for n in ("type", "source") if n not in event]
+            problems += _attribute_problems(fields, extensions)
+            event.setdefault("id", entry_id)
         return cls(entry_id=entry_id, partition=partition, direct=direct, event=event, problems=problems)
+
+
+def _attribute_problems(fields: Mapping[bytes, bytes], extensions: Mapping[str, Any]) -> list[str]:
+    """What ingest would refuse in a directly written entry's attributes (names, empty or overlong
+    values, specversion, time, traceparent, base64, extension values), as `<pointer>: <problem>`."""
+    attributes: dict[str, msgspec.Raw] = {}
+    problems: list[str] = []
+    for key, value in fields.items():
+        name = key.decode("utf-8", "replace")
+        if name.startswith("_"):
+            continue
+        if name == "data":
+            attributes[name] = msgspec.Raw(b"null" if value == b"null" else b"0")  # data itself: _data_of
+            continue
+        if not value.isascii() and not _is_utf8(value):
+            problems.append(f"/{name}: not valid UTF-8")
+        attributes[name] = msgspec.Raw(_json.encode(value.decode("utf-8", "replace")))
+    for name, value in extensions.items():
+        try:
+            attributes[name] = msgspec.Raw(_json.encode(value))
+        except (TypeError, ValueError, RecursionError):
+            problems.append(f"/_x/{name}: not a JSON value")
+    try:
+        _from_attributes(attributes, "", structured=False)
+    except InvalidEvent as exc:
+        problems += [f"{p.pointer}: {p.message}" for p in exc.problems
+                     if p.pointer not in ("/type", "/source") or p.message != "required"]
+    return problems
 
 
 def _extensions_of(value: bytes, extensions: dict[str, Any], problems: list[str]) -> None:

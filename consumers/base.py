@@ -142,7 +142,7 @@ class Delivery:
 
     @property
     def type(self) -> str:
-        return self.pending.fields.get(b"type", b"").decode()
+        return self.pending.fields.get(b"type", b"").decode("utf-8", "replace")
 
     @property
     def id(self) -> str:

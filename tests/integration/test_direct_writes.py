@@ -130,3 +130,48 @@ async def test_a_deeply_nested_direct_entry_is_listed_with_its_problem_and_dead_
     [letter] = await services.dead_letters.list(Filter())
     assert (letter.entry_id, letter.reason) == (deep, "invalid")
     assert "nested too deeply" in letter.error
+
+
+# What ingest refuses over HTTP with a 422, written straight into the stream instead.
+REFUSED_OVER_HTTP = {
+    "time": ({"time": "yesterday"}, "/time: must be an RFC 3339 timestamp with a UTC offset"),
+    "empty type": ({"type": ""}, "/type: must not be empty"),
+    "specversion": ({"specversion": "0.3"}, '/specversion: must be "1.0"'),
+    "base64": ({"data_base64": "@@@"}, "/data_base64: not valid base64"),
+    "attribute name": ({"Amount": "5"}, "/Amount: unknown attribute"),
+    "extension value": ({"_x": '{"foo": {"a": 1}}'}, "/foo: extension attributes must be"),
+    "data twice": ({"data_base64": "AAAA"}, "/data_base64: send either data or data_base64"),
+    "traceparent": ({"traceparent": "00-xyz"}, "/traceparent: must be a W3C traceparent"),
+}
+
+
+async def test_direct_entries_get_the_checks_ingest_makes_and_the_invalid_ones_are_dead_lettered(
+    redis: Redis, settings: Settings, services: Services
+) -> None:
+    bad = {}
+    for name, (fields, problem) in REFUSED_OVER_HTTP.items():
+        entry = {"type": "t", "source": "billing", "data": "1", **fields}
+        if "data_base64" in fields and name != "data twice":
+            del entry["data"]
+        bad[await xadd(redis, settings, **entry)] = (name, problem)
+    good = await xadd(redis, settings, type="t", source="billing", data="1", partitionkey="k1",
+                      _x='{"region": "eu"}', time="2026-11-27T06:00:00Z", specversion="1.0")
+    handled: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        handled.append(delivery.entry_id)
+
+    runner = Runner([Consumer("direct", handler)], redis, settings, "w1")
+    task = asyncio.create_task(runner.run())
+    try:
+        async def done() -> bool:
+            return handled == [good] and len(await services.dead_letters.list(Filter())) == len(bad)
+
+        await wait_for(done)
+    finally:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)
+    for letter in await services.dead_letters.list(Filter()):
+        name, problem = bad[letter.entry_id]
+        assert letter.reason == "invalid", name
+        assert problem in letter.error, (name, letter.error)
