@@ -123,6 +123,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.login_window_s >= 1, "EVENTFLOW_LOGIN_WINDOW_S must be at least 1"),
             (self.live_ping_s > 0, "EVENTFLOW_LIVE_PING_S must be positive"),
             (self.access_log in ("all", "errors", "off"), "EVENTFLOW_ACCESS_LOG must be all, errors or off"),
+            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+             "EVENTFLOW_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"),
             (0 <= self.metrics_port < 65536 and 0 <= self.worker_metrics_port < 65536,
              "EVENTFLOW_METRICS_PORT and EVENTFLOW_WORKER_METRICS_PORT must be 0 (off) to 65535"),
             # Each granian worker counts its own requests; only shared files add them up correctly.

@@ -77,6 +77,7 @@ def test_a_value_of_the_wrong_type_names_its_variable(var: str, value: str) -> N
         ("EVENTFLOW_IDEMPOTENCY_WINDOW_S", "0"),
         ("EVENTFLOW_REDIS_TIMEOUT_S", "0"),
         ("EVENTFLOW_LOG_FORMAT", "xml"),
+        ("EVENTFLOW_LOG_LEVEL", "verbose"),
         ("EVENTFLOW_PREFIX", "{ef}"),
         ("REDIS_URL", "http://localhost:6379"),
     ],
