@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app.errors import FieldProblem, InvalidEvent, MalformedBody
+from app.errors import ConfigError, FieldProblem, InvalidEvent, MalformedBody
 from app.events import parse_structured, parse_time
 from app.settings import Settings
 
@@ -145,7 +145,10 @@ async def _archive_replay(svc: Any, args: argparse.Namespace) -> Any:
 
 
 def _read_json(path: Path) -> Any:
-    text = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    try:
+        text = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         return msgspec.json.decode(text)
     except msgspec.DecodeError as exc:

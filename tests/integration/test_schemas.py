@@ -291,3 +291,5 @@ async def test_the_cli_registers_versions_and_dry_runs(services: Services, setti
     code, verdict, err = await cli("types", "validate", "order.created", str(sample))
     assert code == 0, err
     assert (verdict["outcome"], verdict["errors"][0]["pointer"]) == ("rejected", "/data/amount")
+    code, _, err = await cli("types", "validate", "order.created", str(tmp_path / "missing.json"))
+    assert code != 0 and b"cannot read" in err and b"Traceback" not in err
