@@ -2,7 +2,8 @@
 
 Two roles: `admin` may change things (producers, dead letters, webhooks); `viewer` only reads.
 Passwords are hashed with argon2id (argon2-cffi's RFC 9106 defaults, memory-hard). Hashing takes
-tens of milliseconds and 64 MiB, so it runs in a worker thread, never on the event loop.
+tens of milliseconds and 64 MiB, so it runs in a worker thread, never on the event loop, and at
+most two at a time per process.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import enum
 import functools
 import re
 import secrets
+import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 from argon2 import PasswordHasher
@@ -27,7 +31,17 @@ from app.settings import Settings
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps a hostile form post cheap
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+T = TypeVar("T")
 _hasher = PasswordHasher()
+# One argon2 run takes 64 MiB (the library's RFC 9106 defaults): at most two at once per process, so
+# a burst of logins waits its turn instead of taking a small machine's memory (the 512 MB web VM).
+_HASH_SLOTS = threading.BoundedSemaphore(2)
+
+
+def _argon2(work: Callable[[], T]) -> T:
+    """Run argon2 work in a worker thread, within the process's hashing slots."""
+    with _HASH_SLOTS:
+        return work()
 
 
 @functools.cache
@@ -71,7 +85,7 @@ def check_password(password: str) -> None:
 
 
 async def hash_password(password: str) -> str:
-    return await asyncio.to_thread(_hasher.hash, password)
+    return await asyncio.to_thread(_argon2, lambda: _hasher.hash(password))
 
 
 async def _verify(password_hash: str, password: str) -> bool:
@@ -81,7 +95,7 @@ async def _verify(password_hash: str, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(verify)
+    return await asyncio.to_thread(_argon2, verify)
 
 
 class Users:
@@ -137,7 +151,7 @@ class Users:
             async with redis_errors(self.settings):
                 raw = await self.redis.hget(self.keys.users, name)
             user = msgspec.json.decode(raw, type=User) if raw is not None else None
-        stored = user.password_hash if user else await asyncio.to_thread(_dummy_hash)
+        stored = user.password_hash if user else await asyncio.to_thread(_argon2, _dummy_hash)
         ok = await _verify(stored, password[:MAX_PASSWORD])
         if user is None or not ok:
             raise Unauthorized("wrong name or password")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -76,3 +77,26 @@ def test_without_a_terminal_or_the_variable_the_cli_says_how_to_give_the_passwor
 
 def _no_prompt(_: str) -> str:
     raise AssertionError("must not prompt")
+
+
+async def test_at_most_two_argon2_runs_at_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    running, most, lock = 0, 0, threading.Lock()
+
+    class Slow:
+        def hash(self, password: str) -> str:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.05)
+            with lock:
+                running -= 1
+            return "h:" + password
+
+    monkeypatch.setattr(users, "_hasher", Slow())
+    hashed = await asyncio.gather(*(users.hash_password(f"password-{n}") for n in range(8)))
+    assert hashed == [f"h:password-{n}" for n in range(8)]
+    assert most == 2
