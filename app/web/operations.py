@@ -26,6 +26,8 @@ class SelectionFilter(msgspec.Struct, forbid_unknown_fields=True):
     source: str | None = None
     since: str | None = None
     until: str | None = None
+    since_ms: int | None = None  # the names this filter had first (milliseconds since the epoch)
+    until_ms: int | None = None
 
 
 class Selection(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,9 +43,9 @@ class Selection(msgspec.Struct, forbid_unknown_fields=True):
             raise InvalidEvent([FieldProblem("/filter", 'an empty filter selects every dead letter: send "all": '
                                              "true for that, or name a group, type, source, since or until")])
         problems: list[FieldProblem] = []
-        flt = Filter(group=given.group, type=given.type, source=given.source,
-                     since_ms=_time_ms(given.since, "since", problems, "/filter"),
-                     until_ms=_time_ms(given.until, "until", problems, "/filter"))
+        since_ms = _time_ms(given.since, "since", problems, "/filter") if given.since is not None else given.since_ms
+        until_ms = _time_ms(given.until, "until", problems, "/filter") if given.until is not None else given.until_ms
+        flt = Filter(group=given.group, type=given.type, source=given.source, since_ms=since_ms, until_ms=until_ms)
         if problems:
             raise InvalidEvent(problems)
         return flt
