@@ -130,13 +130,13 @@ def _producers(sub: Any) -> None:
     limit = psub.add_parser("limit", help="limit a producer's key to some event types (none: any type)",
                             description="Takes effect at once in every web process; events of other types "
                                         "get 403.")
-    limit.add_argument("name")
+    limit.add_argument("name", help="the producer")
     limit.add_argument("types", nargs="*", metavar="TYPE", help="exact names or globs; give none to lift the limit")
     limit.set_defaults(handler=_with_services(lambda svc, a: svc.producers.limit_types(a.name, a.types)))
     for action, help_text in (("revoke", "revoke a producer's key at once"),
                               ("rotate", "issue a new key; the old one stops working at once")):
         p = psub.add_parser(action, help=help_text)
-        p.add_argument("name")
+        p.add_argument("name", help="the producer")
         p.set_defaults(handler=_with_services(
             lambda svc, a, act=action: getattr(svc.producers, act)(a.name)))
     lst = psub.add_parser("list", help="list producers with their event counts and last-seen time")
@@ -159,17 +159,17 @@ def _webhooks(sub: Any) -> None:
     wsub.add_parser("list", help="list subscriptions with their last delivery").set_defaults(
         handler=_with_services(lambda svc, a: _hooks(svc).list()))
     update = wsub.add_parser("update", help="change a subscription (only the options given)")
-    update.add_argument("id")
-    update.add_argument("--url")
+    update.add_argument("id", help="the subscription's id (see `eventflow webhooks list`)")
+    update.add_argument("--url", help="a new http(s) URL that receives POSTs")
     update.add_argument("--type", "-t", dest="types", action="append", metavar="PATTERN",
                         help="replaces all patterns (repeat for several)")
-    update.add_argument("--description")
+    update.add_argument("--description", help="new free text shown in the dashboard")
     update.set_defaults(handler=_with_services(_webhook_update))
     for action, help_text in (("get", "show one subscription"), ("delete", "delete a subscription"),
                               ("enable", "resume deliveries"), ("disable", "pause deliveries"),
                               ("rotate-secret", "issue a new secret (the old one also signs for 24 hours)")):
         p = wsub.add_parser(action, help=help_text)
-        p.add_argument("id")
+        p.add_argument("id", help="the subscription's id (see `eventflow webhooks list`)")
         p.set_defaults(handler=_with_services(lambda svc, a, act=action: _webhook_action(svc, act, a.id)))
     webhooks.set_defaults(handler=lambda a, s: (webhooks.print_help(), 2)[1])
 

@@ -34,10 +34,10 @@ def add_parser(sub: Any) -> None:
     lst = usub.add_parser("list", help="list operators and their roles")
     lst.set_defaults(handler=_run(lambda svc, a, pw: svc.users.list()))
     delete = usub.add_parser("delete", help="remove an operator and end their sessions")
-    delete.add_argument("name")
+    delete.add_argument("name", help="the operator's name")
     delete.set_defaults(handler=_run(lambda svc, a, pw: svc.delete_user(a.name)))
     passwd = usub.add_parser("set-password", help="change a password (their open sessions end)")
-    passwd.add_argument("name")
+    passwd.add_argument("name", help="the operator's name")
     passwd.set_defaults(handler=_run(lambda svc, a, pw: svc.set_user_password(a.name, pw), password=True))
     users.set_defaults(handler=lambda a, s: (users.print_help(), 2)[1])
 

@@ -1,0 +1,46 @@
+"""`--help` everywhere: every command and subcommand of `eventflow` prints a description of itself
+and of each of its options, and exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+
+import pytest
+
+from app.cli import build_parser
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [path]
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _commands(child, (*path, name))
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def test_there_are_commands_to_check() -> None:
+    assert len(COMMANDS) > 30
+    assert ("dev",) in COMMANDS and ("consume",) in COMMANDS and ("dlq", "discard") in COMMANDS
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "eventflow")
+def test_every_command_has_help_for_itself_and_each_option(path: tuple[str, ...]) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*path, "--help"])
+    assert done.value.code == 0
+    text = out.getvalue()
+    assert text.startswith("usage: eventflow")
+    parser = build_parser()
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    assert parser.description or parser.format_usage(), path
+    undocumented = [a.dest for a in parser._actions
+                    if a.help is None and not isinstance(a, argparse._SubParsersAction) and a.dest != "help"]
+    assert undocumented == [], f"eventflow {' '.join(path)}: options without help: {undocumented}"
