@@ -39,8 +39,10 @@ def test_every_command_has_help_for_itself_and_each_option(path: tuple[str, ...]
     assert text.startswith("usage: eventflow")
     parser = build_parser()
     for name in path:
-        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    assert parser.description or parser.format_usage(), path
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        summary = next(c.help for c in sub._choices_actions if c.dest == name)
+        assert summary, f"eventflow {' '.join(path)}: no one-line help in its parent's list"
+        parser = sub.choices[name]
     undocumented = [a.dest for a in parser._actions
                     if a.help is None and not isinstance(a, argparse._SubParsersAction) and a.dest != "help"]
     assert undocumented == [], f"eventflow {' '.join(path)}: options without help: {undocumented}"
