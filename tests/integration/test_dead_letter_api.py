@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import httpx
 import pytest
@@ -78,3 +82,29 @@ async def test_a_history_replay_body_s_problems_name_their_field(api: httpx.Asyn
     assert_problem(await api.post("/v1/replay", headers=OPERATOR,
                                   json={"group": "g", "since": "2026-01-01T00:00:00Z", "extra": 1}), 422, "/extra")
     assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"group": 5, "since": "x"}), 422, "/group")
+
+
+@pytest.mark.usefixtures("three_dead_letters")
+async def test_the_dlq_cli_lists_shows_and_takes_only_what_its_filters_select(
+    services: Services, settings: Settings
+) -> None:
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+
+    async def cli(*args: str) -> tuple[int, Any, bytes]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "dlq", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, json.loads(out) if out.strip() else None, err
+
+    code, listed, err = await cli("list", "--group", "picky")
+    assert code == 0, err
+    assert len(listed) == 3 and {d["reason"] for d in listed} == {"permanent"}
+    code, shown, err = await cli("show", listed[0]["id"])
+    assert code == 0 and shown["error"] == listed[0]["error"], err
+    code, done, err = await cli("discard", "--all", "--group", "picky", "--until", "2000-01-01T00:00:00Z")
+    assert (code, done) == (0, {"selected": 0, "discarded": 0}), err
+    code, _, err = await cli("discard", "--group", "picky")  # neither ids nor --all: refused
+    assert code == 1 and b"--all" in err
+    code, done, err = await cli("discard", listed[0]["id"])
+    assert (code, done) == (0, {"selected": 1, "discarded": 1}), err
+    assert len(await services.dead_letters.list(Filter(group="picky"))) == 2
