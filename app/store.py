@@ -255,9 +255,15 @@ class EventLog:
     def _durable(self, result: Any, waited: Any) -> Any:
         if isinstance(result, Exception) or (isinstance(result, list) and result[:1] == [b"BEHIND"]):
             return result  # BEHIND: nothing was appended, the call is sent again
-        if isinstance(waited, Exception):
-            return waited
         durability = self.settings.durability
+        if isinstance(waited, Exception):
+            # The server refused the wait (its AOF was turned off since start-up, say) or the
+            # connection broke after the appends: written, not confirmed. A 503, never a 500.
+            return Unavailable(
+                f"the events were written but the server did not confirm them {durability.value} ({waited}); "
+                "retry with the same event ids",
+                retry_after_s=self.settings.retry_after_s,
+            )
         if waited[0] >= 1 if durability is Durability.FSYNC else waited >= 1:
             return result
         return Unavailable(

@@ -18,6 +18,7 @@ from app.errors import ConfigError
 from app.keys import Keys
 from app.service import Services
 from app.settings import Durability, Settings
+from tests.integration.helpers import assert_problem
 
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -155,3 +156,21 @@ async def test_every_event_that_got_a_202_survives_a_kill_9_of_the_server(
     missing = sorted(set(accepted) - set(logged))
     assert not missing, f"{len(missing)} events got a 202 and are gone: {missing[:10]}"
     assert {i: logged[i] for i in accepted} == {i: [e] for i, e in accepted.items()}, "each exactly once"
+
+
+async def test_a_server_that_can_no_longer_confirm_the_fsync_gets_a_503_not_a_500(
+    make_client: MakeClient, always_server: EmbeddedServer, settings: Settings
+) -> None:
+    fsync = settings.replace(redis_url=always_server.url, durability=Durability.FSYNC)
+    redis = connect(fsync)
+    try:
+        key = (await Services(redis, fsync).producers.create("billing")).key
+        async with make_client(redis_url=always_server.url, durability=Durability.FSYNC) as c:
+            await redis.config_set("appendonly", "no")  # after the start-up check: WAITAOF now refuses
+            resp = await c.post("/v1/events", json={"type": "t", "id": "maybe"},
+                                headers={"Authorization": f"Bearer {key}"})
+            assert_problem(resp, 503)
+            assert "retry with the same event ids" in resp.json()["detail"]
+    finally:
+        await redis.config_set("appendonly", "yes")
+        await redis.aclose()
