@@ -112,15 +112,16 @@ class Dispatch:
             raise reply
         out = Claimed([])
         lost: list[tuple[str, str]] = []
-        last = dict(zip((LOG, REPLAY), starts, strict=True))
+        last = dict(zip((LOG, REPLAY), starts, strict=True))  # an own read goes on after these
         for stream, entries in reply.items() if isinstance(reply, dict) else reply or ():  # RESP3 | RESP2
             kind = LOG if _s(stream) == log_key else REPLAY
             for stream_id, flat in entries:
-                last[kind] = _s(stream_id)
                 if not flat:  # deleted or trimmed while pending
                     lost.append((kind, _s(stream_id)))
                     continue
                 out.entries.append(_pending(kind, _s(stream_id), partition, pairs(flat)))
+            if entries:
+                last[kind] = _s(entries[-1][0])
         if own is not None:
             if (last[LOG], last[REPLAY]) != own:
                 out.after = (last[LOG], last[REPLAY])

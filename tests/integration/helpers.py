@@ -1,16 +1,19 @@
-"""Assertions shared by the integration tests."""
+"""Assertions and small fixtures shared by the integration tests."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from app.keys import Keys
 from app.settings import Settings
+from consumers.base import Consumer
+from consumers.runner import Runner
 
 JSON = {"Content-Type": "application/json"}
 PROBLEM_JSON = "application/problem+json"
@@ -47,3 +50,15 @@ def home_stream(settings: Settings, source: str = "billing", subject: str = "") 
     partition; any of them on a partitioned log, such as the cluster tests')."""
     keys = Keys(settings.prefix, settings.partitions)
     return keys.stream(keys.partition_of(f"{source}\n{subject}"))
+
+
+@contextlib.asynccontextmanager
+async def consuming(redis: Any, settings: Settings, *consumers: Consumer, name: str = "w1") -> AsyncIterator[Runner]:
+    """A worker (`name`) running these consumers until the block ends; then stopped, and waited for."""
+    runner = Runner(list(consumers), redis, settings, name)
+    task = asyncio.create_task(runner.run())
+    try:
+        yield runner
+    finally:
+        runner.stop.set()
+        await asyncio.wait_for(task, 10)

@@ -20,8 +20,7 @@ from app.events import parse_request
 from app.service import Services
 from app.settings import Settings
 from consumers.base import Consumer, Delivery, Permanent
-from consumers.runner import Runner
-from tests.integration.helpers import assert_problem, wait_for
+from tests.integration.helpers import assert_problem, consuming, wait_for
 
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 TOKEN = "operator-token"
@@ -39,21 +38,15 @@ async def three_dead_letters(services: Services, settings: Settings) -> AsyncIte
     async def refuses(delivery: Delivery) -> None:
         raise Permanent("the downstream said no")
 
-    runner = Runner([Consumer("picky", refuses)], services.redis, settings, "w1")
-    task = asyncio.create_task(runner.run())
-    try:
+    async def dead() -> bool:
+        return len(await services.dead_letters.list(Filter(group="picky"))) == 3
+
+    async with consuming(services.redis, settings, Consumer("picky", refuses)):
         for n in range(3):
             events, _ = parse_request(f'{{"type": "t", "data": {n}}}'.encode(), "application/json", {})
             await services.ingest(events, "billing", {})
-
-        async def dead() -> bool:
-            return len(await services.dead_letters.list(Filter(group="picky"))) == 3
-
         await wait_for(dead)
         yield
-    finally:
-        runner.stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.mark.usefixtures("three_dead_letters")

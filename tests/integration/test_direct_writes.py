@@ -3,7 +3,6 @@ consumers dead-letter the ones that are not valid events."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -18,8 +17,7 @@ from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
 from consumers.base import Consumer, Delivery
-from consumers.runner import Runner
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import consuming, wait_for
 
 Client = AsyncTestClient[Litestar]
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -117,16 +115,11 @@ async def test_a_deeply_nested_direct_entry_is_listed_with_its_problem_and_dead_
     async def handler(delivery: Delivery) -> None:
         got.append(delivery.data)
 
-    runner = Runner([Consumer("direct", handler)], redis, settings, "w1")
-    task = asyncio.create_task(runner.run())
-    try:
-        async def done() -> bool:
-            return got == [{"ok": True}] and bool(await services.dead_letters.list(Filter()))
+    async def done() -> bool:
+        return got == [{"ok": True}] and bool(await services.dead_letters.list(Filter()))
 
+    async with consuming(redis, settings, Consumer("direct", handler)):
         await wait_for(done)
-    finally:
-        runner.stop.set()
-        await asyncio.wait_for(task, 10)
     [letter] = await services.dead_letters.list(Filter())
     assert (letter.entry_id, letter.reason) == (deep, "invalid")
     assert "nested too deeply" in letter.error
@@ -161,16 +154,11 @@ async def test_direct_entries_get_the_checks_ingest_makes_and_the_invalid_ones_a
     async def handler(delivery: Delivery) -> None:
         handled.append(delivery.entry_id)
 
-    runner = Runner([Consumer("direct", handler)], redis, settings, "w1")
-    task = asyncio.create_task(runner.run())
-    try:
-        async def done() -> bool:
-            return handled == [good] and len(await services.dead_letters.list(Filter())) == len(bad)
+    async def done() -> bool:
+        return handled == [good] and len(await services.dead_letters.list(Filter())) == len(bad)
 
+    async with consuming(redis, settings, Consumer("direct", handler)):
         await wait_for(done)
-    finally:
-        runner.stop.set()
-        await asyncio.wait_for(task, 10)
     for letter in await services.dead_letters.list(Filter()):
         name, problem = bad[letter.entry_id]
         assert letter.reason == "invalid", name

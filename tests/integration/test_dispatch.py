@@ -19,7 +19,7 @@ from app.service import Services
 from app.settings import Settings
 from consumers.base import Backoff, Consumer, Delivery, Permanent, Retry
 from consumers.runner import Runner
-from tests.integration.helpers import home_stream, wait_for
+from tests.integration.helpers import consuming, home_stream, wait_for
 
 Handler = Callable[[Delivery], Awaitable[Any]]
 
@@ -302,19 +302,16 @@ async def _retries_ahead(services: Services, settings: Settings, redis: Redis, n
     async def later(delivery: Delivery) -> None:
         raise Retry(120, "not yet")
 
-    runner = Runner([Consumer("slow", later)], redis, settings, "w1")
-    task = asyncio.create_task(runner.run())
-    for n_ in range(n):
-        await post(services, b'{"type":"later","data":%d}' % n_)
     keys = Keys(settings.prefix, settings.partitions)
     schedule = keys.retry_schedule(keys.partition_of("billing\n"), "slow")
 
     async def all_scheduled() -> bool:
         return await redis.zcard(schedule) == n
 
-    await wait_for(all_scheduled, timeout_s=20)
-    runner.stop.set()
-    await asyncio.wait_for(task, 10)
+    async with consuming(redis, settings, Consumer("slow", later)):
+        for n_ in range(n):
+            await post(services, b'{"type":"later","data":%d}' % n_)
+        await wait_for(all_scheduled, timeout_s=20)
 
 
 @pytest.mark.parametrize("crashed", ["another worker", "this worker before a restart"])
@@ -339,10 +336,5 @@ async def test_entries_a_crashed_worker_held_are_not_hidden_by_scheduled_retries
 
     # w1 comes back (its own pending entries, read at start-up), or w2 takes over w0's after the lease.
     lease_s, name = (1.0, "w2") if crashed == "another worker" else (60.0, "w1")
-    runner = Runner([Consumer("slow", handler, lease_s=lease_s)], redis, settings, name)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with consuming(redis, settings, Consumer("slow", handler, lease_s=lease_s), name=name):
         await wait_for(lambda: sorted(handled) == sorted(entries), timeout_s=10)
-    finally:
-        runner.stop.set()
-        await asyncio.wait_for(task, 10)
