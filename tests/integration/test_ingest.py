@@ -170,6 +170,8 @@ async def test_concurrent_repeats_from_separate_processes_append_exactly_once(
     # atomic check-and-append in append.lua.
     clients = [connect(settings) for _ in range(10)]
     try:
+        for r in clients:  # every "process" is connected before the burst, as a started web process is
+            await r.ping()
         event = parse_request(b'{"type": "t", "id": "cross"}', "application/json", {})[0]
         answers = await asyncio.gather(
             *(Services(r, settings).ingest(event, "billing", {}) for r in clients for _ in range(5))
