@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
-from app.connections import is_unavailable
+from app.connections import cancel_and_wait, is_unavailable
 from app.errors import Unavailable
 from app.events import Record
 from app.ids import is_entry_id
@@ -211,11 +211,7 @@ class LiveHub:
             self._clock_task = asyncio.create_task(self._clock(), name="eventflow-live-clock")
 
     async def stop(self) -> None:
-        for task in (self._task, self._clock_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._task, self._clock_task)
         self._task = self._clock_task = None
 
     @contextlib.asynccontextmanager

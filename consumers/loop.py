@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.connections import is_unavailable
+from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, now_ms
 from app.errortrack import ErrorTracker, reporter_from_settings
 from app.events import stored_partition_key
@@ -141,9 +141,7 @@ class GroupLoop:
             with contextlib.suppress(Exception):  # not acked: redelivered after the lease
                 await self._flush_acks()
         finally:
-            for task in (*lanes, *helpers):
-                task.cancel()
-            await asyncio.gather(*lanes, *helpers, return_exceptions=True)
+            await cancel_and_wait(*lanes, *helpers)
 
     async def _read(self) -> None:
         group = self.consumer.name

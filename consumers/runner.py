@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 from redis.asyncio import Redis
 
-from app.connections import is_unavailable
+from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import Dispatch, now_ms
 from app.settings import Settings
 from consumers.assign import Changes, Seats
@@ -73,15 +73,11 @@ class Runner:
         try:
             await self.stop.wait()
         except asyncio.CancelledError:  # cut off: nothing is given back, the leases expire
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
             raise
         grace_s = self.settings.shutdown_grace_s
         _done, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()  # what they held stays pending and is reclaimed after the lease
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(*pending)  # what they held stays pending and is reclaimed after the lease
         await self._flush_observers()
         log.info("stopped (%d task(s) cut off after the %.0f s grace)", len(pending), grace_s)
 

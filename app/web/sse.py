@@ -28,6 +28,7 @@ from litestar import asgi
 from litestar.connection import ASGIConnection
 from litestar.types import Receive, Scope, Send
 
+from app.connections import cancel_and_wait
 from app.errors import EventFlowError, NotFound, Unavailable
 from app.events import Record
 from app.live import Message, Reset, Subscriber
@@ -72,9 +73,7 @@ class EventStream:
                 if not isinstance(exc, OSError | EventFlowError | _SessionEnded):
                     log.error("live stream failed", exc_info=exc)
         finally:
-            for task in (watcher, writer):
-                task.cancel()
-            await asyncio.gather(watcher, writer, return_exceptions=True)
+            await cancel_and_wait(watcher, writer)
             with contextlib.suppress(Exception):  # the client may be gone already
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
