@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import fakeredis
 import pytest
+from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from app.connections import _kept, connect, execute_packed
+from app.connections import _kept, _plain, connect, execute_packed
 from app.embedded import EmbeddedServer
 from app.settings import Settings
 
@@ -65,3 +67,64 @@ async def test_after_a_server_restart_an_idle_kept_connection_is_replaced_before
     [pong] = await execute_packed(own_redis, [("PING",)])  # no ConnectionError: it reconnected
     assert pong in (True, b"PONG")
     assert len(_kept[own_redis.connection_pool]) == 1
+
+
+async def test_the_lean_exchange_serves_redis_pys_own_connections_only(redis: Redis) -> None:
+    conn = await redis.connection_pool.get_connection()
+    try:
+        assert _plain(conn)  # so the tests here exercise _exchange, not redis-py's send and reads
+    finally:
+        await redis.connection_pool.release(conn)
+    fake = fakeredis.FakeAsyncRedis()
+    fake_conn = await fake.connection_pool.get_connection()
+    assert not _plain(fake_conn)  # fakeredis overrides the reads: its own methods are used
+    await fake.aclose()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_replies_and_error_replies_come_back_as_values_in_either_protocol(
+    own_server: EmbeddedServer, protocol: int
+) -> None:
+    client = connect(Settings(redis_url=own_server.url, prefix="kept"), protocol=protocol)
+    try:
+        replies = await execute_packed(client, [
+            ("HSET", "kept:h", "a", "1"), ("EVALSHA", "0" * 40, 0), ("HGETALL", "kept:h"),
+            ("INCR", "kept:h"), ("ECHO", "last"),
+        ])
+        assert replies[0] == 1
+        assert isinstance(replies[1], rx.NoScriptError)
+        assert replies[2] in ({b"a": b"1"}, [b"a", b"1"])  # RESP3 maps, RESP2 flat lists
+        assert isinstance(replies[3], rx.ResponseError) and "WRONGTYPE" in str(replies[3])
+        assert replies[4] == b"last"
+    finally:
+        await client.aclose()
+
+
+async def test_a_reply_larger_than_the_socket_buffers_is_read_whole(redis: Redis) -> None:
+    big = "x" * (4 << 20)
+    [stored, echoed, length] = await execute_packed(
+        redis, [("SET", "kept:big", big), ("GET", "kept:big"), ("STRLEN", "kept:big")])
+    assert stored is True or stored == b"OK"
+    assert echoed == big.encode() and length == len(big)
+
+
+async def test_a_stalled_reply_times_out_and_the_connection_is_not_reused(own_server: EmbeddedServer) -> None:
+    client = connect(Settings(redis_url=own_server.url, prefix="kept", redis_timeout_s=0.2))
+    try:
+        with pytest.raises(rx.TimeoutError):
+            await execute_packed(client, [("BLPOP", "kept:never", "2")])
+        await client.rpush("kept:never", "later")  # a reused connection would hand this BLPOP's reply on
+        [echoed] = await execute_packed(client, [("ECHO", "next")])
+        assert echoed == b"next"
+        assert await client.lrange("kept:never", 0, -1) == [b"later"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_the_server_closes_is_a_connection_error_then_replaced(own_redis: Redis) -> None:
+    [client_id] = await execute_packed(own_redis, [("CLIENT", "ID")])
+    await own_redis.execute_command("CLIENT", "KILL", "ID", client_id)
+    with pytest.raises(rx.ConnectionError):
+        await execute_packed(own_redis, [("PING",)])
+    [other_id, pong] = await execute_packed(own_redis, [("CLIENT", "ID"), ("PING",)])
+    assert other_id != client_id and pong in (True, b"PONG")
