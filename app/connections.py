@@ -11,8 +11,6 @@ from typing import Any
 
 from hiredis import pack_command
 from redis import exceptions as rx
-from redis._parsers import _AsyncHiredisParser
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection
@@ -23,6 +21,12 @@ from redis.commands import AsyncCoreCommands
 
 from app.errors import ConfigError, Unavailable
 from app.settings import Durability, Settings
+
+try:  # redis-py's own parts that execute_packed reads replies with (5.2 to 8.x keep them here)
+    from redis._parsers import _AsyncHiredisParser
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA
+except ImportError:  # another layout: execute_packed uses redis-py's send and reads instead
+    _AsyncHiredisParser = NOT_ENOUGH_DATA = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("eventflow.redis")
 
@@ -148,13 +152,22 @@ async def _packed_on(pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
             await pool.release(conn)
 
 
+_PLAIN: dict[tuple[type, type], bool] = {}
+
+
 def _plain(conn: Any) -> bool:
     """A redis-py connection that reads with hiredis and does its I/O as redis-py does (a test double
     such as fakeredis's overrides the reads)."""
-    cls = type(conn)
-    return (isinstance(conn._parser, _AsyncHiredisParser)
+    kinds = (type(conn), type(conn._parser))
+    plain = _PLAIN.get(kinds)
+    if plain is None:
+        cls, parser = kinds
+        plain = _PLAIN[kinds] = (
+            _AsyncHiredisParser is not None and issubclass(parser, _AsyncHiredisParser)
+            and callable(getattr(parser, "read_from_socket", None))
             and cls.read_response is AbstractConnection.read_response
             and cls.send_packed_command is AbstractConnection.send_packed_command)
+    return plain
 
 
 async def _exchange(conn: Any, data: bytes, replies: int) -> list[Any]:
