@@ -251,7 +251,8 @@ async def _packed_on_nodes(
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel the tasks and wait until each has ended, cancelling again any that goes on.
+    """Cancel the tasks and wait until each has ended, cancelling again any still running a second
+    later (time enough for the cleanup a cancellation starts).
 
     redis-py can lose a cancellation: on Python 3.11 a task cancelled just as its reply arrived got
     the reply back from `xread` (tests/integration/test_live.py's teardown hung in about 1 run of 4
@@ -261,7 +262,7 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     while pending:
         for task in pending:
             task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=0.1)
+        _done, pending = await asyncio.wait(pending, timeout=1.0)
     await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
 
 

@@ -46,3 +46,20 @@ async def test_none_and_finished_tasks_are_fine_and_failures_are_not_raised() ->
     sleeping = asyncio.create_task(asyncio.sleep(60))
     await cancel_and_wait(None, failed, finished, sleeping)
     assert sleeping.cancelled() and finished.done() and isinstance(failed.exception(), ValueError)
+
+
+async def test_cleanup_that_a_cancellation_starts_is_left_to_finish() -> None:
+    log: list[str] = []
+
+    async def cleans_up() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # e.g. acknowledging what was handled
+            log.append("cleaned up")
+            raise
+
+    task = asyncio.create_task(cleans_up())
+    await asyncio.sleep(0.01)
+    await cancel_and_wait(task)
+    assert log == ["cleaned up"] and task.cancelled()
