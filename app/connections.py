@@ -258,12 +258,13 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     the reply back from `xread` (tests/integration/test_live.py's teardown hung in about 1 run of 4
     on `task.cancel(); await task` for the live reader), and a task that loops then runs on. What
     the tasks raised is left unreported, as `gather(..., return_exceptions=True)` leaves it."""
-    pending = {task for task in tasks if task is not None}
+    given = [task for task in tasks if task is not None]
+    pending = set(given)
     while pending:
         for task in pending:
             task.cancel()
         _done, pending = await asyncio.wait(pending, timeout=1.0)
-    await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
+    await asyncio.gather(*given, return_exceptions=True)
 
 
 def pairs(flat: list[Any]) -> dict[Any, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from app.events import partition_key
 from app.keys import Keys
 from app.settings import Settings
 from consumers.base import Consumer
@@ -49,7 +50,7 @@ def home_stream(settings: Settings, source: str = "billing", subject: str = "") 
     """The log stream that holds a source's events without a partition key (partition 0 on one
     partition; any of them on a partitioned log, such as the cluster tests')."""
     keys = Keys(settings.prefix, settings.partitions)
-    return keys.stream(keys.partition_of(f"{source}\n{subject}"))
+    return keys.stream(keys.partition_of(partition_key({}, source, subject)))
 
 
 @contextlib.asynccontextmanager

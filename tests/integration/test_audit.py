@@ -23,7 +23,7 @@ from app.settings import Settings
 from consumers import audit
 from consumers.base import Consumer, Delivery
 from consumers.runner import Runner
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import consuming, wait_for
 
 
 @pytest.fixture
@@ -67,13 +67,10 @@ def logged_entries(folder: str | Path) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def running(consumer: Consumer, redis: Redis, settings: Settings) -> AsyncIterator[Runner]:
-    runner = Runner([consumer], redis, settings, "w1")
-    task = asyncio.create_task(runner.run())
     try:
-        yield runner
+        async with consuming(redis, settings, consumer) as runner:
+            yield runner
     finally:
-        runner.stop.set()
-        await asyncio.wait_for(task, 10)
         assert consumer.close is not None
         await consumer.close()
 

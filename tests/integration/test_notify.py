@@ -29,6 +29,7 @@ from app.webhooks import SubscriptionIn, Webhooks
 from consumers import notify
 from consumers.base import Backoff
 from consumers.runner import Runner
+from tests.integration.helpers import consuming
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -107,13 +108,10 @@ def webhooks(redis: Redis, wh_settings: Settings) -> Webhooks:
 async def running(settings: Settings, redis: Redis, **options: Any) -> AsyncIterator[Runner]:
     options.setdefault("backoff", FAST)
     consumer = notify.make(settings, redis, **options)
-    runner = Runner([consumer], redis, settings, "notify-test")
-    task = asyncio.create_task(runner.run())
     try:
-        yield runner
+        async with consuming(redis, settings, consumer, name="notify-test") as runner:
+            yield runner
     finally:
-        runner.stop.set()
-        await asyncio.wait_for(task, 10)
         assert consumer.close is not None
         await consumer.close()
 
