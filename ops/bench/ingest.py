@@ -218,8 +218,8 @@ def round_order(scenarios: list[Scenario], n: int, rounds: int) -> list[Scenario
 def _steady(target: Target, config: BenchConfig, server_bench: extras.Tool, root: Path) -> dict[str, Any]:
     """The rows beyond throughput, on the same server and web process: physical limits, end-to-end
     latency and memory at a steady load, and the live tail with 1,000 SSE clients."""
-    progress("physical limits: redis-benchmark XADD and a redis-py pipeline loop")
-    found = limits.measure(server_bench, target.redis_url, quick=config.quick)
+    progress("physical limits: redis-benchmark XADD, a redis-py pipeline loop, append.lua called directly")
+    found = limits.measure(server_bench, target.redis_url, quick=config.quick, server_pid=target.server_pid)
     env = stack.eventflow_env(target.redis_url, PREFIX, "fast")
     steady = latency.measure(target.url, target.headers, target.pid, env, PREFIX, root,
                              duration_s=3.0 if config.quick else 6.0, warmup_s=1.0)
@@ -304,7 +304,7 @@ def _ratios(rows: list[Row], found: list[limits.Limit]) -> tuple[list[Ratio], li
     # Against the physical limits: orientation, no targets (how much of the server's own rate is left).
     ratios += [Ratio(scenario=name, baseline=limit.name, target=None, ratio=by_name[name] / limit.events_s)
                for name in ("eventflow-single", "eventflow-batch") if name in by_name
-               for limit in found if limit.events_s]
+               for limit in found if limit.events_s and (name == "eventflow-batch" or not limit.batch_only)]
     minimums = [(s.name, by_name[s.name], s.min_events_s) for s in SCENARIOS if s.min_events_s and s.name in by_name]
     return ratios, minimums
 
