@@ -134,18 +134,18 @@ async def _script_loop(redis_url: str, events: int, timeout_s: float) -> Limit:
     items = [Prepared(0, "", payloads.SOURCE, event["type"], fields)] * LOOP_BATCH
     clients = [Redis.from_url(redis_url) for _ in range(SCRIPT_CLIENTS)]
     args = EventLog(clients[0], settings)._append_args(0, items)
-    sha = await clients[0].script_load(source("append"))
     done = 0
 
-    async def loop(redis: Redis, deadline: float) -> None:
+    async def loop(redis: Redis, sha: str, deadline: float) -> None:
         nonlocal done
         while done < events and time.perf_counter() < deadline:
             await redis.execute_command("EVALSHA", sha, 2, *args)
             done += LOOP_BATCH
 
     try:
+        sha = await clients[0].script_load(source("append"))
         started = time.perf_counter()
-        await asyncio.gather(*(loop(c, started + timeout_s) for c in clients))
+        await asyncio.gather(*(loop(c, sha, started + timeout_s) for c in clients))
         elapsed = time.perf_counter() - started
     finally:
         for c in clients:
