@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -68,6 +68,25 @@ class Issued(msgspec.Struct):
     key: str
 
 
+async def _shared(inflight: dict[str, asyncio.Future[Any]], key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+    """`fetch()` once per key at a time: callers that ask while it runs get its result (or error)."""
+    pending = inflight.get(key)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    inflight[key] = future
+    try:
+        value = await fetch()
+        future.set_result(value)
+        return value
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # mark retrieved: waiters re-raise it, nobody must log it twice
+        raise
+    finally:
+        del inflight[key]
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -99,7 +118,10 @@ class Producers:
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
         self._cache: dict[str, tuple[float, str]] = {}
-        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        # Lookups under way, by key hash and by producer name: a burst of requests that finds the
+        # cache cold (a new key, or after EVENTFLOW_AUTH_CACHE_S) shares one Redis read.
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._limits_inflight: dict[str, asyncio.Future[Any]] = {}
         self._generation = 0  # bumped by forget(): a lookup that raced a change is not cached
         self._checking, self._checked_at, self._seen_change = False, 0.0, b""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -170,6 +192,9 @@ class Producers:
         if cached is not None and cached[0] > now:
             self._check_changes()
             return cached[1]
+        return await _shared(self._limits_inflight, name, lambda: self._fetch_allowed(name))
+
+    async def _fetch_allowed(self, name: str) -> re.Pattern[str] | None:
         generation = self._generation
         async with redis_errors(self.settings):
             raw = await self.redis.hget(self.keys.producers, name)
@@ -178,7 +203,7 @@ class Producers:
         if generation == self._generation:  # no change arrived meanwhile
             if len(self._limits) > 10_000:
                 self._limits.clear()
-            self._limits[name] = (now + self.settings.auth_cache_s, allowed)
+            self._limits[name] = (time.monotonic() + self.settings.auth_cache_s, allowed)
         return allowed
 
     async def list(self) -> list[ProducerView]:
@@ -230,28 +255,18 @@ class Producers:
 
     async def _lookup(self, digest: str) -> str | None:
         """One Redis lookup per key at a time: a burst of requests with a new key shares it."""
-        pending = self._inflight.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
+        return await _shared(self._inflight, digest, lambda: self._fetch_name(digest))
+
+    async def _fetch_name(self, digest: str) -> str | None:
         generation = self._generation
-        try:
-            async with redis_errors(self.settings):
-                raw = await self.redis.hget(self.keys.producer_keys, digest)
-            name = raw.decode() if raw is not None else None
-            if name is not None and generation == self._generation:  # no change arrived meanwhile
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[digest] = (time.monotonic() + self.settings.auth_cache_s, name)
-            future.set_result(name)
-            return name
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody must log it twice
-            raise
-        finally:
-            del self._inflight[digest]
+        async with redis_errors(self.settings):
+            raw = await self.redis.hget(self.keys.producer_keys, digest)
+        name = raw.decode() if raw is not None else None
+        if name is not None and generation == self._generation:  # no change arrived meanwhile
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self.settings.auth_cache_s, name)
+        return name
 
     def forget(self, _name: Any = None) -> None:
         """Drop cached lookups (called when any producer changes)."""

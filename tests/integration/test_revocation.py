@@ -1,4 +1,5 @@
-"""A revoked or rotated key stops working at once in every process, whatever the auth cache says."""
+"""The auth cache: a revoked or rotated key stops working at once in every process, whatever the
+cache says; a burst of requests that finds it cold shares one read per key and per producer."""
 
 from __future__ import annotations
 
@@ -41,3 +42,41 @@ async def test_a_key_changed_in_one_process_is_refused_at_once_in_another(
         assert await rejected_within(there, key, timeout_s=2.0) < 0.5
     finally:
         await other_client.aclose()
+
+
+async def test_a_burst_that_finds_the_cache_cold_reads_the_key_and_the_type_limit_once(
+    redis: Redis, settings: Settings
+) -> None:
+    producers = Producers(redis, settings)
+    key = (await producers.create("billing", types=["order.*"])).key
+    cold = Producers(redis, settings)  # a web process that has seen neither yet
+    reads: list[tuple[str, str]] = []
+    hget = redis.hget
+
+    async def counting_hget(name: str, field: str) -> object:
+        reads.append((name, field))
+        return await hget(name, field)
+
+    cold.redis = _Spy(redis, counting_hget)  # type: ignore[assignment]
+
+    async def one_request() -> None:
+        source = await cold.authenticate(f"Bearer {key}")
+        await cold.check_types(source, ["order.created"])
+
+    await asyncio.gather(*(one_request() for _ in range(20)))
+
+    assert sorted(name for name, _ in reads) == sorted([cold.keys.producer_keys, cold.keys.producers])
+    await one_request()  # cached now
+    assert len(reads) == 2
+    await asyncio.gather(*(cold.check_types("billing", ["order.paid"]) for _ in range(5)))
+    assert len(reads) == 2
+
+
+class _Spy:
+    """The client with `hget` replaced (everything else passes through)."""
+
+    def __init__(self, redis: Redis, hget: object) -> None:
+        self._redis, self.hget = redis, hget
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._redis, name)
