@@ -94,8 +94,9 @@ class IngestFastPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # Litestar's State by key: as attributes each lookup is a failed one first (~1.2 µs apiece).
         state = (self.litestar or scope["app"]).state
-        svc: Services = state.services
+        svc: Services = state["services"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = await _read_body(receive, headers, svc.settings.max_body_bytes)
         if body is None:
@@ -106,7 +107,7 @@ class IngestFastPath:
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [*answer.headers, *_API_HEADERS]})
         await send({"type": "http.response.body", "body": answer.body})
-        web = getattr(state, "web_metrics", None)
+        web = state.get("web_metrics")
         if web is not None:
             scope["path_template"] = path
             if answer.problem_type is not None:
