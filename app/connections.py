@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -86,17 +87,15 @@ def _connect_cluster(url: str, options: dict[str, Any]) -> RedisCluster:
     return _Cluster.from_url(first, startup_nodes=others, require_full_coverage=False, **options)
 
 
-_CLUSTER: dict[type, bool] = {}
-
-
 def _is_cluster(redis: Any) -> bool:
-    """isinstance(redis, RedisCluster), cached per class: RedisCluster's metaclass is typing's
+    """isinstance(redis, RedisCluster), answered per class: RedisCluster's metaclass is typing's
     Protocol one, whose check costs ~1.2 µs, and every append and worker read asks."""
-    kind = type(redis)
-    cluster = _CLUSTER.get(kind)
-    if cluster is None:
-        cluster = _CLUSTER[kind] = issubclass(kind, RedisCluster)
-    return cluster
+    return _cluster_class(type(redis))
+
+
+@functools.cache
+def _cluster_class(kind: type) -> bool:
+    return issubclass(kind, RedisCluster)
 
 
 async def execute_packed(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -165,22 +164,18 @@ async def _packed_on(pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
             await pool.release(conn)
 
 
-_PLAIN: dict[tuple[type, type], bool] = {}
-
-
 def _plain(conn: Any) -> bool:
     """A redis-py connection that reads with hiredis and does its I/O as redis-py does (a test double
     such as fakeredis's overrides the reads)."""
-    kinds = (type(conn), type(conn._parser))
-    plain = _PLAIN.get(kinds)
-    if plain is None:
-        cls, parser = kinds
-        plain = _PLAIN[kinds] = (
-            _AsyncHiredisParser is not None and issubclass(parser, _AsyncHiredisParser)
+    return _plain_classes(type(conn), type(conn._parser))
+
+
+@functools.cache
+def _plain_classes(cls: type, parser: type) -> bool:
+    return (_AsyncHiredisParser is not None and issubclass(parser, _AsyncHiredisParser)
             and callable(getattr(parser, "read_from_socket", None))
             and cls.read_response is AbstractConnection.read_response
             and cls.send_packed_command is AbstractConnection.send_packed_command)
-    return plain
 
 
 async def _exchange(conn: Any, data: bytes, replies: int) -> list[Any]:

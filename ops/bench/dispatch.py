@@ -148,10 +148,11 @@ def run(events: int, rounds: int, results_dir: Path) -> dict[str, Any]:
     # On the event loop `eventflow consume` runs its workers on (uvloop when installed), the raw loop too.
     try:
         import uvloop
+
+        loop, run_loop = "uvloop", uvloop.run
     except ImportError:
-        loop, out = "asyncio", asyncio.run(measure(events, rounds))
-    else:
-        loop, out = "uvloop", uvloop.run(measure(events, rounds))
+        loop, run_loop = "asyncio", asyncio.run
+    out = run_loop(measure(events, rounds))
     out["event_loop"] = loop
     rates = out["events_per_s"]
     raw, ours = rates[RAW], rates[OURS]

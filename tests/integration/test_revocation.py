@@ -45,7 +45,7 @@ async def test_a_key_changed_in_one_process_is_refused_at_once_in_another(
 
 
 async def test_a_burst_that_finds_the_cache_cold_reads_the_key_and_the_type_limit_once(
-    redis: Redis, settings: Settings
+    redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     producers = Producers(redis, settings)
     key = (await producers.create("billing", types=["order.*"])).key
@@ -57,7 +57,7 @@ async def test_a_burst_that_finds_the_cache_cold_reads_the_key_and_the_type_limi
         reads.append((name, field))
         return await hget(name, field)
 
-    cold.redis = _Spy(redis, counting_hget)  # type: ignore[assignment]
+    monkeypatch.setattr(redis, "hget", counting_hget)
 
     async def one_request() -> None:
         source = await cold.authenticate(f"Bearer {key}")
@@ -71,12 +71,3 @@ async def test_a_burst_that_finds_the_cache_cold_reads_the_key_and_the_type_limi
     await asyncio.gather(*(cold.check_types("billing", ["order.paid"]) for _ in range(5)))
     assert len(reads) == 2
 
-
-class _Spy:
-    """The client with `hget` replaced (everything else passes through)."""
-
-    def __init__(self, redis: Redis, hget: object) -> None:
-        self._redis, self.hget = redis, hget
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._redis, name)
