@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from litestar.testing import AsyncTestClient
@@ -55,14 +56,17 @@ async def test_the_production_entry_point_answers_ingest_outside_litestar(
 ) -> None:
     import httpx
 
-    from app.web import create_app_from_env
+    from app.web import GIL_SWITCH_INTERVAL_S, create_app_from_env
     from app.web.ingest import IngestFastPath
     from tests.conftest import running
 
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     monkeypatch.setenv("EVENTFLOW_PREFIX", settings.prefix)
+    switched: list[float] = []  # the web process's GIL switch interval (not this test process's)
+    monkeypatch.setattr(sys, "setswitchinterval", switched.append)
     asgi = create_app_from_env()
     assert isinstance(asgi, IngestFastPath)
+    assert switched == [GIL_SWITCH_INTERVAL_S]
     async with running(asgi.litestar), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=asgi), base_url="http://testserver"
     ) as c:
