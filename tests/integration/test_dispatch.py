@@ -151,8 +151,9 @@ async def test_replay_from_dead_letters_goes_to_the_failed_group_only(
     [letter] = await services.dead_letters.list(Filter(group="flaky"))
     assert await services.dead_letters.replay([letter.id]) == 1
 
-    async def replayed() -> bool:
-        return calls["flaky"] == 2
+    async def replayed() -> bool:  # handled again, and its success recorded (it follows the handler)
+        detail = await services.get_event("e-1", None)
+        return calls["flaky"] == 2 and {d.group: d.state for d in detail.deliveries}["flaky"] == "succeeded"
 
     await wait_for(replayed)
     await asyncio.sleep(0.3)  # give a wrong delivery to "steady" time to happen
