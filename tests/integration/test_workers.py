@@ -107,7 +107,15 @@ async def test_a_worker_killed_mid_batch_leaves_no_event_unprocessed(
     victim = workers.start("victim", **slow)
     workers.start("survivor", **slow)
     ids = await post_many(services, 400)
-    await asyncio.sleep(1.0)  # both are mid-batch now
+
+    async def victim_mid_batch() -> bool:  # it has entries delivered and not acknowledged
+        stream = Keys(settings.prefix).stream(0)
+        if not any(g["name"] == b"counter" for g in await redis.xinfo_groups(stream)):
+            return False  # no worker has started yet
+        consumers = await redis.xinfo_consumers(stream, "counter")
+        return any(c["name"] == b"victim" and int(c["pending"]) > 0 for c in consumers)
+
+    await wait_for(victim_mid_batch, timeout_s=30)  # a worker process takes a moment to start
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     seen = await wait_all_seen(redis, settings, ids, timeout_s=60)
