@@ -128,6 +128,18 @@ def _dead_lettered(stack: Stack, event_id: str) -> bool:
     return any(fields.get(b"id") == event_id.encode() for _, fields in newest)
 
 
+def _error_sampled(stack: Stack, consumer: str, event_id: str) -> bool:
+    """The worker has written (it flushes within a second, app/errortrack.py) an error group of
+    `consumer` whose newest sample is `event_id`: what the Errors page shows."""
+    keys = Keys(stack.prefix)
+    for raw in stack.redis.zrevrange(keys.error_groups, 0, -1):
+        fp = raw.decode()
+        if (stack.redis.hget(keys.error_group(fp), "consumer") == consumer.encode()
+                and stack.redis.lindex(keys.error_samples(fp), 0) == event_id.encode()):
+            return True
+    return False
+
+
 def test_types_errors_and_the_event_trace(open_page: Any, stack: Stack, tmp_path: Path) -> None:
     for version, schema in (("v1", INVOICE_V1), ("v2", INVOICE_V2)):
         (tmp_path / f"{version}.json").write_text(json.dumps(schema))
@@ -148,6 +160,9 @@ def test_types_errors_and_the_event_trace(open_page: Any, stack: Stack, tmp_path
         stack.wait(lambda: _dead_lettered(stack, "inv-void-7"), "the dead letter")
     finally:
         stack.redis.delete(stack.key("broken"))
+    # The worker notes the failure after the dead letter and writes its error group up to a second
+    # later; the Errors page is not live, so wait for the group's newest sample before reading it.
+    stack.wait(lambda: _error_sampled(stack, "flaky", "inv-void-7"), "the error group")
     # invoice.voided comes after the six invoice.paid in the log: wait for its count too, or the Types
     # page can be read before the analytics consumer has seen it (it lists types it has counted).
     stack.wait(lambda: _counted(stack, "invoice.paid") == 6 and _counted(stack, "invoice.voided") == 1,
