@@ -1,9 +1,9 @@
 """Consumers for the browser tests (`eventflow consume --module tests.browser.stack_consumers`).
 
-`recorder` always succeeds, after `<prefix>:test:delay` seconds when that key is set (so a test can
-watch an event sit in progress); `flaky` refuses every event for good while `<prefix>:test:broken`
-exists (so a test can make it fail, then fix it and replay); `analytics` is the built-in one that
-keeps the per-minute counts behind the overview's chart.
+`recorder` always succeeds, but not while `<prefix>:test:hold` exists (so a test can watch an event
+sit in progress for as long as it looks); `flaky` refuses every event for good while
+`<prefix>:test:broken` exists (so a test can make it fail, then fix it and replay); `analytics` is
+the built-in one that keeps the per-minute counts behind the overview's chart.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from consumers.base import Consumer, Delivery, Permanent
 
 
 def recorder(settings: Settings, redis: Redis) -> Consumer:
-    delay_key = f"{settings.prefix}:test:delay"
+    hold_key = f"{settings.prefix}:test:hold"
 
     async def handle(delivery: Delivery) -> None:
-        delay = await redis.get(delay_key)
-        if delay:
-            await asyncio.sleep(float(delay))
+        while await redis.exists(hold_key):
+            await asyncio.sleep(0.05)
 
     return Consumer(name="recorder", handler=handle, description="Records every event (a test consumer)")
 
