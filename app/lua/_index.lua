@@ -33,12 +33,13 @@ local function close_runs(r)
 end
 
 -- Index up to `limit` entries XADDed straight into the stream since the marker (and keep their
--- event-id lookup keys). Returns the new marker and whether entries still wait after it.
+-- event-id lookup keys). Returns the new marker and whether entries may still wait after it.
+-- Only what lies after the marker counts, never the stream's newest entry: that one can be older
+-- than the marker (deleted by hand with XDEL), and nothing will ever come to close that gap.
 local function catch_up(stream, marker, base, window, limit)
   local last = redis.call('GET', marker) or '0-0'
-  local tip = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-  if not tip or tip[1] == last then return last, false end
   local entries = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', limit)
+  if #entries == 0 then return last, false end
   local runs = new_runs(base)
   for _, entry in ipairs(entries) do
     local fields, ev_type, source, ev_id = entry[2], nil, nil, nil
@@ -54,9 +55,7 @@ local function catch_up(stream, marker, base, window, limit)
     end
   end
   close_runs(runs)
-  if #entries > 0 then
-    last = entries[#entries][1]
-    redis.call('SET', marker, last)
-  end
-  return last, last ~= tip[1]
+  last = entries[#entries][1]
+  redis.call('SET', marker, last)
+  return last, #entries == limit
 end

@@ -3,6 +3,7 @@ consumers dead-letter the ones that are not valid events."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -163,3 +164,21 @@ async def test_direct_entries_get_the_checks_ingest_makes_and_the_invalid_ones_a
         name, problem = bad[letter.entry_id]
         assert letter.reason == "invalid", name
         assert problem in letter.error, (name, letter.error)
+
+
+async def test_deleting_the_newest_entry_directly_does_not_stall_ingest_or_reads(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings
+) -> None:
+    # An operator removes the latest event by hand (XDEL): the stream's tip is then older than the
+    # last entry the log indexed, and neither appends nor reads may wait for entries that never come.
+    stream = Keys(settings.prefix).stream(0)
+    first = await client.post("/v1/events", json={"type": "t", "data": 1}, headers=auth)
+    second = await client.post("/v1/events", json={"type": "t", "data": 2}, headers=auth)
+    assert first.status_code == second.status_code == 202
+    assert await redis.xdel(stream, second.json()["entry_id"]) == 1
+    async with asyncio.timeout(5):
+        listed = await client.get("/v1/events", headers=auth)
+        third = await client.post("/v1/events", json={"type": "t", "data": 3}, headers=auth)
+    assert [r["entry_id"] for r in listed.json()["events"]] == [first.json()["entry_id"]]
+    assert third.status_code == 202, third.text
+    assert third.json()["entry_id"] > second.json()["entry_id"]
