@@ -481,7 +481,10 @@ async def redis_errors(settings: Settings) -> AsyncIterator[None]:
 
 
 async def check_server(redis: Redis, settings: Settings) -> None:
-    """Fail at start-up when the server (on a cluster: every primary) cannot honour EVENTFLOW_DURABILITY."""
+    """Fail at start-up when the server (on a cluster: every primary) cannot honour EVENTFLOW_DURABILITY;
+    warn when it may evict keys."""
+    for node in _primaries(redis):
+        await _warn_if_evicting(redis, node)
     if settings.durability is Durability.FAST:
         return
     for node in _primaries(redis):
@@ -501,6 +504,22 @@ async def check_server(redis: Redis, settings: Settings) -> None:
                 "EVENTFLOW_DURABILITY=replica needs a primary with at least one connected replica "
                 f"({_where(node)}reports {info.get('connected_slaves', 0)})"
             )
+
+
+async def _warn_if_evicting(redis: Redis, node: ClusterNode | None) -> None:
+    """A server that evicts keys at `maxmemory` can drop the log itself (allkeys-*), or the keys that
+    make repeats idempotent and the delivery records (volatile-*). A warning, not a refusal: some
+    managed servers refuse CONFIG, and their operators may know the memory never runs out."""
+    try:
+        got = await _on(redis, node, "CONFIG GET", "maxmemory-policy")
+        policy = {_s(k): _s(v) for k, v in got.items()}.get("maxmemory-policy", "")
+    except rx.ResponseError:
+        return  # CONFIG is refused (some managed servers): nothing to read
+    if policy and policy != "noeviction":
+        log.warning(
+            "%shas maxmemory-policy %s: at maxmemory it deletes keys to make room, and an evicted "
+            "stream key loses the events in it. Set `maxmemory-policy noeviction` (EventFlow then "
+            "answers 503 while the server is full, and nothing is lost).", _where(node), policy)
 
 
 def _primaries(redis: Redis) -> list[ClusterNode | None]:

@@ -174,3 +174,22 @@ async def test_a_server_that_can_no_longer_confirm_the_fsync_gets_a_503_not_a_50
     finally:
         await redis.config_set("appendonly", "yes")
         await redis.aclose()
+
+
+async def test_a_server_that_evicts_keys_gets_a_warning_at_start_up(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = connect(settings)
+    try:
+        await check_server(redis, settings)
+        assert not [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+        await redis.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            await check_server(redis, settings)
+        finally:
+            await redis.config_set("maxmemory-policy", "noeviction")
+    finally:
+        await redis.aclose()
+    [warning] = [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert "allkeys-lru" in warning.getMessage() and "noeviction" in warning.getMessage()
