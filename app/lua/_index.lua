@@ -11,13 +11,29 @@ local function new_runs(base)
   return {base = base, type = nil, type_first = nil, src = nil, src_first = nil, last = nil}
 end
 
+-- One index entry for the run first..last. The index can reach that far already when the marker
+-- was lost (deleted by hand, say) and catch-up reads entries it had indexed: then only the part
+-- after the index's last run is added, and nothing when that run covers this one.
+local function add_run(key, first, last)
+  local added = redis.pcall('XADD', key, first, 'l', last)
+  if type(added) ~= 'table' or not added.err then return end
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if not top then return redis.call('XADD', key, first, 'l', last) end  -- another error: raise it
+  local covered_ms, covered_seq = string.match(top[2][2], '^(%d+)-(%d+)$')
+  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+  covered_ms, covered_seq, last_ms, last_seq =
+    tonumber(covered_ms), tonumber(covered_seq), tonumber(last_ms), tonumber(last_seq)
+  if covered_ms > last_ms or (covered_ms == last_ms and covered_seq >= last_seq) then return end
+  redis.call('XADD', key, string.format('%d-%d', covered_ms, covered_seq + 1), 'l', last)
+end
+
 local function close_type(r)
-  if r.type then redis.call('XADD', r.base .. 'idx:type:' .. r.type, r.type_first, 'l', r.last) end
+  if r.type then add_run(r.base .. 'idx:type:' .. r.type, r.type_first, r.last) end
   r.type = nil
 end
 
 local function close_src(r)
-  if r.src then redis.call('XADD', r.base .. 'idx:src:' .. r.src, r.src_first, 'l', r.last) end
+  if r.src then add_run(r.base .. 'idx:src:' .. r.src, r.src_first, r.last) end
   r.src = nil
 end
 

@@ -182,3 +182,19 @@ async def test_deleting_the_newest_entry_directly_does_not_stall_ingest_or_reads
     assert [r["entry_id"] for r in listed.json()["events"]] == [first.json()["entry_id"]]
     assert third.status_code == 202, third.text
     assert third.json()["entry_id"] > second.json()["entry_id"]
+
+
+async def test_a_lost_index_marker_is_rebuilt_without_duplicating_the_index(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings
+) -> None:
+    # The key that says how far the indexes reach is gone (deleted by hand): catch-up then reads
+    # entries that are indexed already, and must neither fail on them nor list them twice.
+    keys = Keys(settings.prefix)
+    before = [await client.post("/v1/events", json={"type": "t", "data": n}, headers=auth) for n in range(3)]
+    assert await redis.delete(keys.indexed(0)) == 1
+    direct = await xadd(redis, settings, type="t", source="billing", data="3")
+    after = await client.post("/v1/events", json={"type": "t", "data": 4}, headers=auth)
+    assert after.status_code == 202, after.text
+    listed = await client.get("/v1/events", params={"type": "t", "limit": 50}, headers=auth)
+    expected = [r.json()["entry_id"] for r in before] + [direct, after.json()["entry_id"]]
+    assert [r["entry_id"] for r in listed.json()["events"]] == expected[::-1], (listed.json(), expected)  # newest first
