@@ -83,9 +83,10 @@ class Dispatch:
     def stream_key(self, kind: str, partition: int, group: str) -> str:
         return self.keys.stream(partition) if kind == LOG else self.keys.replay(partition, group)
 
-    async def ensure_groups(self, group: str, start_at_beginning: bool = True) -> None:
-        """Create the group on every partition's log and replay stream; idempotent."""
-        for partition in range(self.keys.partitions):
+    async def ensure_groups(self, group: str, start_at_beginning: bool = True,
+                            partitions: Iterable[int] | None = None) -> None:
+        """Create the group on every partition's (or these partitions') log and replay stream; idempotent."""
+        for partition in range(self.keys.partitions) if partitions is None else partitions:
             for key, start in ((self.keys.stream(partition), "0" if start_at_beginning else "$"),
                                (self.keys.replay(partition, group), "0")):
                 try:
@@ -271,6 +272,11 @@ class Dispatch:
     async def _not_scheduled(self, group: str, partition: int, entries: list[Pending]) -> list[Pending]:
         scores = await self.redis.zmscore(self.keys.retry_schedule(partition, group), [e.member for e in entries])
         return [e for e, score in zip(entries, scores, strict=True) if score is None]
+
+
+def is_missing_group(exc: BaseException) -> bool:
+    """The group (or its whole stream) is gone: someone ran XGROUP DESTROY or DEL on it by hand."""
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith("NOGROUP")
 
 
 def _pending(kind: str, stream_id: str, partition: int, fields: dict[bytes, bytes], deliveries: int = 1) -> Pending:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.connections import cancel_and_wait, is_unavailable
-from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, now_ms
+from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, is_missing_group, now_ms
 from app.errortrack import ErrorTracker, reporter_from_settings
 from app.events import stored_partition_key
 from app.ids import trace_id
@@ -171,9 +171,25 @@ class GroupLoop:
             except Exception as exc:
                 if is_unavailable(exc):
                     await sleep_unless(self.halt, self.outage.failed(exc))
+                elif is_missing_group(exc):
+                    await self._recreate_group(exc)
                 else:
                     log.exception("consumer loop error", extra={"group": group, "partition": self.partition})
                     await sleep_unless(self.halt, 1.0)
+
+    async def _recreate_group(self, exc: Exception) -> None:
+        """The group or its stream was removed by hand (XGROUP DESTROY, DEL): make it again, as a
+        restarted worker would, instead of failing every read until someone restarts this one. On
+        the log it starts where the consumer's `start` says (a destroyed group of a `beginning`
+        consumer is handed the log again: at least once, never lost)."""
+        log.warning("consumer group missing (%s); creating it again", exc,
+                    extra={"group": self.consumer.name, "partition": self.partition})
+        try:
+            await self.dispatch.ensure_groups(self.consumer.name, self.consumer.start == "beginning",
+                                              partitions=[self.partition])
+        except Exception as again:  # noqa: BLE001 - the next read fails and tries again
+            log.warning("recreating the consumer group failed: %s", again)
+            await sleep_unless(self.halt, 1.0)
 
     async def _own(self, after: tuple[str, str]) -> Claimed:
         claimed = await self.dispatch.read(self.consumer.name, self.name, self.partition,

@@ -339,3 +339,55 @@ async def test_entries_a_crashed_worker_held_are_not_hidden_by_scheduled_retries
     lease_s, name = (1.0, "w2") if crashed == "another worker" else (60.0, "w1")
     async with consuming(redis, settings, Consumer("slow", handler, lease_s=lease_s), name=name):
         await wait_for(lambda: sorted(handled) == sorted(entries), timeout_s=10)
+
+
+@pytest.mark.parametrize("removal", ["destroy group", "delete log", "delete replay stream"])
+async def test_a_group_or_stream_removed_by_hand_is_created_again_and_delivery_goes_on(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings, removal: str
+) -> None:
+    # An operator runs XGROUP DESTROY on the log, or DELs the log or the group's replay stream, while
+    # the worker reads: its reads then fail with NOGROUP; the worker must make the group again rather
+    # than fail every read (and leave every later event undelivered) until someone restarts it.
+    seen: list[Any] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.data)
+
+    run_consumers(Consumer("mended", handler))
+    await post(services, b'{"type":"t","data":"before"}')
+    await wait_for(lambda: _true(seen == ["before"]))
+    keys = Keys(settings.prefix, settings.partitions)
+    if removal == "destroy group":
+        assert await redis.xgroup_destroy(keys.stream(0), "mended")
+    elif removal == "delete log":
+        assert await redis.delete(keys.stream(0))
+    else:
+        assert await redis.delete(keys.replay(0, "mended"))
+    await post(services, b'{"type":"t","data":"after"}')
+    await wait_for(lambda: _true("after" in seen))
+    assert seen.count("after") == 1
+
+
+async def test_a_dead_letter_replayed_after_its_replay_stream_was_deleted_is_delivered(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    # Deleting a group's replay stream by hand and replaying a dead letter afterwards recreates the
+    # stream (XADD) without the group; the worker must make the group again and deliver the replay.
+    calls: list[int] = []
+
+    async def first_fails(delivery: Delivery) -> None:
+        calls.append(delivery.attempt)
+        if len(calls) == 1:
+            raise Permanent("not yet")
+
+    run_consumers(Consumer("again", first_fails))
+    await post(services, b'{"type":"t"}')
+    await wait_for(lambda: _true(len(calls) == 1))
+    await wait_for(lambda: services.dead_letters.list(Filter(group="again")))
+    await redis.delete(Keys(settings.prefix, settings.partitions).replay(0, "again"))
+    [letter] = await services.dead_letters.list(Filter(group="again"))
+    assert await services.dead_letters.replay([letter.id]) == 1
+    await wait_for(lambda: _true(len(calls) == 2))
+    later = await post(services, b'{"type":"t","data":"later"}')
+    await wait_for(lambda: _true(len(calls) == 3))
+    assert later
