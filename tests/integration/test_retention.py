@@ -352,3 +352,23 @@ async def test_a_group_holding_trimming_back_is_named_by_the_gauges(redis: Redis
     stop.set()
     await asyncio.wait_for(loop, 5)
     assert await redis.xlen(services.log.keys.stream(home(settings))) == 7
+
+
+async def test_an_archived_event_is_still_shown_after_its_partition_was_deleted_by_hand(
+    redis: Redis, archive_settings: Settings, make_client: Any, auth: dict[str, str]
+) -> None:
+    # The archive outlives the log: an operator DELs the stream (a wiped partition), and the event's
+    # page must still answer from the archive, with no group to show, never a 500 (XINFO GROUPS of a
+    # missing key is an error).
+    settings = archive_settings.replace(retention_max_entries=1)
+    services = Services(redis, settings)
+    ids = await ingest(services, 3)
+    report = await services.retention.run_pass()
+    assert report.trimmed == 2
+    assert await redis.delete(services.log.keys.stream(home(settings)))
+    async with make_client(archive_path=settings.archive_path) as c:
+        resp = await c.get(f"/v1/events/{ids[0]}", headers=auth)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["entry_id"] == ids[0] and resp.json()["deliveries"] == []
+        gone = await c.get(f"/v1/events/{ids[2]}", headers=auth)  # deleted with the stream, never archived
+        assert gone.status_code == 404, gone.text
