@@ -194,19 +194,21 @@ class Dispatch:
             pipe.xclaim(self.stream_key(kind, partition, group), group, consumer, 0, ids, justid=True)
         await pipe.execute()
 
-    async def take_over(self, group: str, consumer: str, partition: int) -> int:
+    async def take_over(self, group: str, consumer: str, partition: int) -> Claimed:
         """Make every pending delivery of this partition this consumer's own, however recently
         another one touched it (for an ordered consumer that just became the partition's only reader:
-        the previous one is gone). Returns how many it took."""
-        taken = 0
+        the previous one is gone). The reader then reads them as its own, in order, so no entries are
+        returned; only how many were lost: deleted or trimmed while pending, which XAUTOCLAIM drops
+        from the pending list and names only in its third reply (Redis 7+)."""
+        lost = 0
         for kind in (LOG, REPLAY):
             key, start = self.stream_key(kind, partition, group), "0-0"
             while True:
-                start, entries, *_ = await self.redis.xautoclaim(key, group, consumer, 0, start, 1000)
-                taken += len(entries)
+                start, _entries, *deleted = await self.redis.xautoclaim(key, group, consumer, 0, start, 1000)
+                lost += len(deleted[0]) if deleted else 0
                 if _s(start) == "0-0":
                     break
-        return taken
+        return Claimed([], lost=lost)
 
     async def ack(self, group: str, entries: Sequence[Pending]) -> None:
         """Acknowledge handled deliveries (one XACK per stream)."""

@@ -150,7 +150,7 @@ class GroupLoop:
         while not self.halt.is_set():
             try:
                 if not taken_over:  # the only reader now: what the last one left is ours, in order
-                    await self.dispatch.take_over(group, self.name, self.partition)
+                    await self._take(await self.dispatch.take_over(group, self.name, self.partition))
                     taken_over = True
                 if own:
                     claimed, asked_at = await self._own(own), time.monotonic()

@@ -391,3 +391,54 @@ async def test_a_dead_letter_replayed_after_its_replay_stream_was_deleted_is_del
     later = await post(services, b'{"type":"t","data":"later"}')
     await wait_for(lambda: _true(len(calls) == 3))
     assert later
+
+
+async def test_a_retry_schedule_deleted_by_hand_still_retries_its_deliveries(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    # The schedule only says when; the delivery itself stays pending, so after the lease another
+    # look (reclaim) must take it over rather than leave it pending forever.
+    calls: list[float] = []
+
+    async def fails_once(delivery: Delivery) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise Retry(delay_s=600)
+
+    run_consumers(Consumer("unscheduled", fails_once, lease_s=1.0))
+    await post(services, b'{"type":"t"}')
+    await wait_for(lambda: _true(len(calls) == 1))
+    schedule = Keys(settings.prefix, settings.partitions).retry_schedule(0, "unscheduled")
+    await wait_for(lambda: redis.exists(schedule))
+    assert await redis.delete(schedule)
+    await wait_for(lambda: _true(len(calls) == 2), timeout_s=5)
+    await wait_for(lambda: _nothing_pending(redis, settings, "unscheduled"), timeout_s=5)
+
+
+async def _nothing_pending(redis: Redis, settings: Settings, group: str) -> bool:
+    return not (await redis.xpending(Keys(settings.prefix, settings.partitions).stream(0), group))["pending"]
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_entries_a_dead_worker_left_pending_and_an_operator_deleted_are_settled_and_counted_lost(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings, ordered: bool
+) -> None:
+    # A worker died holding two entries; an operator then trimmed one (XDEL). Whoever takes its
+    # entries over (reclaim after the lease; an ordered consumer's new reader at once, XAUTOCLAIM)
+    # must deliver the other, leave nothing pending, and count the deleted one as lost.
+    group = "ordered-heir" if ordered else "heir"
+    stream = Keys(settings.prefix, settings.partitions).stream(0)
+    doomed = await post(services, b'{"type":"t","data":"doomed"}')
+    kept = await post(services, b'{"type":"t","data":"kept"}')
+    await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    assert len((await redis.xreadgroup(group, "dead-worker", {stream: ">"}))[0][1]) == 2
+    await redis.xdel(stream, doomed)
+    seen: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.entry_id)
+
+    runner = run_consumers(Consumer(group, handler, lease_s=0.5, ordered=ordered))
+    await wait_for(lambda: _true(seen == [kept]))
+    await wait_for(lambda: _nothing_pending(redis, settings, group))
+    await wait_for(lambda: _true(sum(loop.lost for loop in runner.loops) == 1))
