@@ -84,10 +84,12 @@ class Dispatch:
         return self.keys.stream(partition) if kind == LOG else self.keys.replay(partition, group)
 
     async def ensure_groups(self, group: str, start_at_beginning: bool = True,
-                            partitions: Iterable[int] | None = None) -> None:
-        """Create the group on every partition's (or these partitions') log and replay stream; idempotent."""
+                            partitions: Iterable[int] | None = None, log_start: str | None = None) -> None:
+        """Create the group on every partition's (or these partitions') log and replay stream; idempotent.
+        On the log it starts at the beginning or at the end, or after `log_start` when given."""
+        log_start = log_start or ("0" if start_at_beginning else "$")
         for partition in range(self.keys.partitions) if partitions is None else partitions:
-            for key, start in ((self.keys.stream(partition), "0" if start_at_beginning else "$"),
+            for key, start in ((self.keys.stream(partition), log_start),
                                (self.keys.replay(partition, group), "0")):
                 try:
                     await self.redis.xgroup_create(key, group, id=start, mkstream=True)

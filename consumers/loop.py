@@ -71,6 +71,11 @@ class Observers:
         return cls(default_metrics(), errors, from_settings(settings, "eventflow-worker"))
 
 
+def _entry_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class GroupLoop:
     """Delivers one partition's events to one consumer.
 
@@ -91,6 +96,7 @@ class GroupLoop:
         self.lease_ms = int(consumer.lease_s * 1000)
         self.outage = outage or Outage(f"consumer {consumer.name} partition {partition}")
         self.lost = 0
+        self._read_up_to: str | None = None  # the newest log entry id this loop has read
         self._next_retry_poll = 0.0  # monotonic time of the next routine look at the retry schedule
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
         self._next_reclaim = 0.0
@@ -178,15 +184,16 @@ class GroupLoop:
                     await sleep_unless(self.halt, 1.0)
 
     async def _recreate_group(self, exc: Exception) -> None:
-        """The group or its stream was removed by hand (XGROUP DESTROY, DEL): make it again, as a
-        restarted worker would, instead of failing every read until someone restarts this one. On
-        the log it starts where the consumer's `start` says (a destroyed group of a `beginning`
-        consumer is handed the log again: at least once, never lost)."""
+        """The group or its stream was removed by hand (XGROUP DESTROY, DEL): make it again instead
+        of failing every read until someone restarts this worker. On the log it starts after the
+        newest entry this loop read, so nothing appended since is skipped (with a `now` consumer)
+        nor the whole log handed over again (with a `beginning` one); before any read, where the
+        consumer's `start` says, as a restarted worker would."""
         log.warning("consumer group missing (%s); creating it again", exc,
                     extra={"group": self.consumer.name, "partition": self.partition})
         try:
             await self.dispatch.ensure_groups(self.consumer.name, self.consumer.start == "beginning",
-                                              partitions=[self.partition])
+                                              partitions=[self.partition], log_start=self._read_up_to)
         except Exception as again:  # noqa: BLE001 - the next read fails and tries again
             log.warning("recreating the consumer group failed: %s", again)
             await sleep_unless(self.halt, 1.0)
@@ -207,6 +214,11 @@ class GroupLoop:
         entries = claimed.entries
         if not entries:
             return
+        for entry in reversed(entries):  # a read returns log entries oldest first: its newest is last
+            if entry.kind == LOG:
+                if self._read_up_to is None or _entry_key(entry.stream_id) > _entry_key(self._read_up_to):
+                    self._read_up_to = entry.stream_id  # where a group removed by hand is made again
+                break
         attempts = await self._attempt_numbers(entries)
         queues = self._queues
         for entry, attempt in zip(entries, attempts, strict=True):

@@ -366,6 +366,8 @@ async def test_a_group_or_stream_removed_by_hand_is_created_again_and_delivery_g
     await post(services, b'{"type":"t","data":"after"}')
     await wait_for(lambda: _true("after" in seen))
     assert seen.count("after") == 1
+    # Made again after the newest entry the worker had read: the log is not handed over once more.
+    assert seen.count("before") == 1
 
 
 async def test_a_dead_letter_replayed_after_its_replay_stream_was_deleted_is_delivered(
