@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.deadletters import Filter
-from app.events import parse_request
+from app.events import parse_request, partition_key
 from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
@@ -27,6 +27,11 @@ Handler = Callable[[Delivery], Awaitable[Any]]
 async def post(services: Services, body: bytes, source: str = "billing") -> str:
     events, _ = parse_request(body, "application/json", {})
     return (await services.ingest(events, source, {}))[0].entry_id
+
+
+def home(settings: Settings, source: str = "billing") -> int:
+    """The partition of a source's events without a partition key (0 on one partition)."""
+    return Keys(settings.prefix, settings.partitions).partition_of(partition_key({}, source, ""))
 
 
 @pytest.fixture
@@ -358,11 +363,11 @@ async def test_a_group_or_stream_removed_by_hand_is_created_again_and_delivery_g
     await wait_for(lambda: _true(seen == ["before"]))
     keys = Keys(settings.prefix, settings.partitions)
     if removal == "destroy group":
-        assert await redis.xgroup_destroy(keys.stream(0), "mended")
+        assert await redis.xgroup_destroy(keys.stream(home(settings)), "mended")
     elif removal == "delete log":
-        assert await redis.delete(keys.stream(0))
+        assert await redis.delete(keys.stream(home(settings)))
     else:
-        assert await redis.delete(keys.replay(0, "mended"))
+        assert await redis.delete(keys.replay(home(settings), "mended"))
     await post(services, b'{"type":"t","data":"after"}')
     await wait_for(lambda: _true("after" in seen))
     assert seen.count("after") == 1
@@ -386,7 +391,7 @@ async def test_a_dead_letter_replayed_after_its_replay_stream_was_deleted_is_del
     await post(services, b'{"type":"t"}')
     await wait_for(lambda: _true(len(calls) == 1))
     await wait_for(lambda: services.dead_letters.list(Filter(group="again")))
-    await redis.delete(Keys(settings.prefix, settings.partitions).replay(0, "again"))
+    await redis.delete(Keys(settings.prefix, settings.partitions).replay(home(settings), "again"))
     [letter] = await services.dead_letters.list(Filter(group="again"))
     assert await services.dead_letters.replay([letter.id]) == 1
     await wait_for(lambda: _true(len(calls) == 2))
@@ -410,7 +415,7 @@ async def test_a_retry_schedule_deleted_by_hand_still_retries_its_deliveries(
     run_consumers(Consumer("unscheduled", fails_once, lease_s=1.0))
     await post(services, b'{"type":"t"}')
     await wait_for(lambda: _true(len(calls) == 1))
-    schedule = Keys(settings.prefix, settings.partitions).retry_schedule(0, "unscheduled")
+    schedule = Keys(settings.prefix, settings.partitions).retry_schedule(home(settings), "unscheduled")
     await wait_for(lambda: redis.exists(schedule))
     assert await redis.delete(schedule)
     await wait_for(lambda: _true(len(calls) == 2), timeout_s=5)
@@ -418,7 +423,8 @@ async def test_a_retry_schedule_deleted_by_hand_still_retries_its_deliveries(
 
 
 async def _nothing_pending(redis: Redis, settings: Settings, group: str) -> bool:
-    return not (await redis.xpending(Keys(settings.prefix, settings.partitions).stream(0), group))["pending"]
+    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
+    return not (await redis.xpending(stream, group))["pending"]
 
 
 @pytest.mark.parametrize("ordered", [False, True])
@@ -429,7 +435,7 @@ async def test_entries_a_dead_worker_left_pending_and_an_operator_deleted_are_se
     # entries over (reclaim after the lease; an ordered consumer's new reader at once, XAUTOCLAIM)
     # must deliver the other, leave nothing pending, and count the deleted one as lost.
     group = "ordered-heir" if ordered else "heir"
-    stream = Keys(settings.prefix, settings.partitions).stream(0)
+    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
     doomed = await post(services, b'{"type":"t","data":"doomed"}')
     kept = await post(services, b'{"type":"t","data":"kept"}')
     await redis.xgroup_create(stream, group, id="0", mkstream=True)
