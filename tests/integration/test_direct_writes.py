@@ -198,3 +198,17 @@ async def test_a_lost_index_marker_is_rebuilt_without_duplicating_the_index(
     listed = await client.get("/v1/events", params={"type": "t", "limit": 50}, headers=auth)
     expected = [r.json()["entry_id"] for r in before] + [direct, after.json()["entry_id"]]
     assert [r["entry_id"] for r in listed.json()["events"]] == expected[::-1], (listed.json(), expected)  # newest first
+
+
+async def test_an_index_deleted_by_hand_is_rebuilt_once_its_marker_is_deleted_too(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings
+) -> None:
+    # The recovery step the README gives for an index deleted by hand.
+    keys = Keys(settings.prefix)
+    posted = [await client.post("/v1/events", json={"type": kind, "data": n}, headers=auth)
+              for n, kind in enumerate(["a", "b", "a", "a"])]
+    assert await redis.delete(keys.type_index(0, "a"), keys.indexed(0)) == 2
+    listed = await client.get("/v1/events", params={"type": "a", "limit": 50}, headers=auth)
+    assert [r["entry_id"] for r in listed.json()["events"]] == [posted[n].json()["entry_id"] for n in (3, 2, 0)]
+    others = await client.get("/v1/events", params={"type": "b", "limit": 50}, headers=auth)
+    assert [r["entry_id"] for r in others.json()["events"]] == [posted[1].json()["entry_id"]]
