@@ -106,6 +106,9 @@ async def test_a_worker_killed_mid_batch_leaves_no_event_unprocessed(
     slow = {"SAMPLE_SLEEP_S": "0.05", "SAMPLE_LEASE_S": "2", "SAMPLE_CONCURRENCY": "4", "SAMPLE_BATCH": "20"}
     victim = workers.start("victim", **slow)
     workers.start("survivor", **slow)
+    # Both must be reading before the events come, or the first one up could take them all.
+    seats = Keys(settings.prefix).seat(0, "counter", 0)[:-1] + "*"
+    await wait_for(lambda: _count(redis.keys(seats), 2), timeout_s=20)
     ids = await post_many(services, 400)
 
     async def victim_mid_batch() -> bool:  # it has entries delivered and not acknowledged
