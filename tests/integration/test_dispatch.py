@@ -450,3 +450,24 @@ async def test_entries_a_dead_worker_left_pending_and_an_operator_deleted_are_se
     await wait_for(lambda: _true(seen == [kept]))
     await wait_for(lambda: _nothing_pending(redis, settings, group))
     await wait_for(lambda: _true(sum(loop.lost for loop in runner.loops) == 1))
+
+
+async def test_an_event_s_lifecycle_leaves_out_a_group_destroyed_while_it_is_read(
+    services: Services, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator's XGROUP DESTROY lands between the lifecycle's XINFO GROUPS and its XPENDING: the
+    # event page shows the groups that are left, not a 500.
+    entry_id = await post(services, b'{"type":"t"}')
+    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
+    for group in ("kept", "gone"):
+        await redis.xgroup_create(stream, group, id="0")
+    listed = services.lifecycle.redis.xinfo_groups
+
+    async def destroyed_meanwhile(name: str) -> Any:
+        groups = await listed(name)
+        await redis.xgroup_destroy(stream, "gone")
+        return groups
+
+    monkeypatch.setattr(services.lifecycle.redis, "xinfo_groups", destroyed_meanwhile)
+    detail = await services.get_event(entry_id, None)
+    assert [d.group for d in detail.deliveries] == ["kept"]
