@@ -93,16 +93,26 @@ class Lifecycle:
         merged: dict[str, GroupInfo] = {}
         for p in range(self.keys.partitions):
             stream = self.keys.stream(p)
-            if not await self.redis.exists(stream):
+            try:
+                groups = await self.redis.xinfo_groups(stream)
+            except ResponseError as exc:  # no log stream yet (or deleted by hand): no groups on it
+                if "no such key" not in str(exc):
+                    raise
                 continue
-            for g in await self.redis.xinfo_groups(stream):
+            for g in groups:
                 name = _s(g["name"])
+                try:
+                    consumers = await self.redis.xinfo_consumers(stream, name)
+                except ResponseError as exc:  # destroyed by hand since XINFO GROUPS listed it
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    continue
                 info = merged.setdefault(name, GroupInfo(name=name, pending=0, lag=0, consumers=[],
                                                          last_delivered=[], spec=specs.get(name)))
                 info.pending += int(g["pending"])
                 info.lag = None if info.lag is None or g.get("lag") is None else info.lag + int(g["lag"])
                 info.last_delivered.append(_s(g["last-delivered-id"]))
-                for c in await self.redis.xinfo_consumers(stream, name):
+                for c in consumers:
                     info.consumers.append({"name": _s(c["name"]), "partition": p, "pending": int(c["pending"]),
                                            "idle_ms": int(c["idle"]), "inactive_ms": int(c.get("inactive", -1))})
         return sorted(merged.values(), key=lambda g: g.name)

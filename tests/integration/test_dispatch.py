@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -471,3 +472,25 @@ async def test_an_event_s_lifecycle_leaves_out_a_group_destroyed_while_it_is_rea
     monkeypatch.setattr(services.lifecycle.redis, "xinfo_groups", destroyed_meanwhile)
     detail = await services.get_event(entry_id, None)
     assert [d.group for d in detail.deliveries] == ["kept"]
+
+
+async def test_the_group_list_leaves_out_a_group_destroyed_while_it_is_read(
+    services: Services, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same race on the consumers page and /v1/consumers: XGROUP DESTROY between XINFO GROUPS
+    # and XINFO CONSUMERS.
+    await post(services, b'{"type":"t"}')
+    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
+    for group in ("kept", "gone"):
+        await redis.xgroup_create(stream, group, id="0")
+    listed = services.lifecycle.redis.xinfo_groups
+
+    async def destroyed_meanwhile(name: str) -> Any:
+        groups = await listed(name)
+        if name == stream and await redis.exists(stream):
+            with contextlib.suppress(Exception):
+                await redis.xgroup_destroy(stream, "gone")
+        return groups
+
+    monkeypatch.setattr(services.lifecycle.redis, "xinfo_groups", destroyed_meanwhile)
+    assert [g.name for g in await services.lifecycle.groups()] == ["kept"]
