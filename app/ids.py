@@ -59,3 +59,9 @@ _TWO_64 = 2**64
 
 def entry_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as (ms, seq), to compare ids in log order (text comparison is not that)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -19,8 +19,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.dispatch import Attempt
+from app.dispatch import Attempt, is_missing_group
 from app.events import Record
+from app.ids import entry_key
 from app.keys import Keys
 from app.settings import Settings
 
@@ -61,12 +62,7 @@ class Lifecycle:
         """The event's state in every group reading its partition."""
         p, entry_id = record.partition, record.entry_id
         stream = self.keys.stream(p)
-        try:
-            groups = await self.redis.xinfo_groups(stream)
-        except ResponseError as exc:  # the stream is gone (DEL by hand): an archived event, read by no group
-            if "no such key" not in str(exc):
-                raise
-            return []
+        groups = await self._groups_of(stream)  # none when the stream is gone: an archived event
         specs = await self.specs()
         pipe = self.redis.pipeline(transaction=False)
         for g in groups:
@@ -78,7 +74,7 @@ class Lifecycle:
         for n, g in enumerate(groups):
             name = _s(g["name"])
             listed, pel = replies[2 * n], replies[2 * n + 1]
-            if isinstance(pel, ResponseError) and str(pel).startswith("NOGROUP"):
+            if is_missing_group(pel):
                 continue  # destroyed (by hand) since XINFO GROUPS listed it: no state to show
             for reply in (listed, pel):
                 if isinstance(reply, Exception):
@@ -87,26 +83,29 @@ class Lifecycle:
             out.append(_state(record, g, specs.get(name), attempts, pel))
         return sorted(out, key=lambda s: s.group)
 
+    async def _groups_of(self, stream: str) -> list[dict[Any, Any]]:
+        """XINFO GROUPS, or none when the stream does not exist (not written yet, or deleted by hand)."""
+        try:
+            return await self.redis.xinfo_groups(stream)  # type: ignore[no-any-return]
+        except ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return []
+
     async def groups(self) -> list[GroupInfo]:
         """Every consumer group with its consumers, pending count and lag, summed over partitions."""
         specs = await self.specs()
         merged: dict[str, GroupInfo] = {}
         for p in range(self.keys.partitions):
             stream = self.keys.stream(p)
-            try:
-                groups = await self.redis.xinfo_groups(stream)
-            except ResponseError as exc:  # no log stream yet (or deleted by hand): no groups on it
-                if "no such key" not in str(exc):
-                    raise
-                continue
-            for g in groups:
+            for g in await self._groups_of(stream):
                 name = _s(g["name"])
                 try:
                     consumers = await self.redis.xinfo_consumers(stream, name)
-                except ResponseError as exc:  # destroyed by hand since XINFO GROUPS listed it
-                    if not str(exc).startswith("NOGROUP"):
+                except ResponseError as exc:
+                    if not is_missing_group(exc):
                         raise
-                    continue
+                    continue  # destroyed by hand since XINFO GROUPS listed it
                 info = merged.setdefault(name, GroupInfo(name=name, pending=0, lag=0, consumers=[],
                                                          last_delivered=[], spec=specs.get(name)))
                 info.pending += int(g["pending"])
@@ -147,9 +146,7 @@ _AFTER_OUTCOME = {"dead-lettered": "dead-lettered", "failed": "retrying", "repla
 
 
 def _after(entry_id: str, last_delivered: str) -> bool:
-    a, _, b = entry_id.partition("-")
-    c, _, d = last_delivered.partition("-")
-    return (int(a), int(b or 0)) > (int(c), int(d or 0))
+    return entry_key(entry_id) > entry_key(last_delivered)
 
 
 def _s(value: bytes | str) -> str:

@@ -33,7 +33,7 @@ from redis.asyncio import Redis, RedisCluster
 from app.connections import cancel_and_wait, is_unavailable
 from app.errors import Unavailable
 from app.events import Record
-from app.ids import is_entry_id
+from app.ids import entry_key, is_entry_id
 from app.keys import Keys
 from app.metrics import default_metrics
 from app.settings import Settings
@@ -68,7 +68,7 @@ class Message:
 
     @property
     def key(self) -> tuple[int, int, int]:
-        return (*_id_key(self.entry_id), self.partition)
+        return (*entry_key(self.entry_id), self.partition)
 
 
 class Batch:
@@ -258,7 +258,7 @@ class LiveHub:
         for p, entries in enumerate(await pipe.execute()):
             if len(entries) > self.catch_up_max:
                 raise Reset(f"more than {self.catch_up_max} entries behind in partition {p}")
-            out += [Message(p, _s(e), f, self.render) for e, f in entries if _id_key(_s(e)) > _id_key(since[p])]
+            out += [Message(p, _s(e), f, self.render) for e, f in entries if entry_key(_s(e)) > entry_key(since[p])]
         return out
 
     @property
@@ -371,11 +371,6 @@ class LiveHub:
         for p in range(self.keys.partitions):
             pipe.xrevrange(self.keys.stream(p), "+", "-", count=1)
         return [_s(last[0][0]) if last else "0-0" for last in await pipe.execute()]
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _s(value: bytes | str) -> str:

@@ -19,7 +19,7 @@ from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, is_missing_group, now_ms
 from app.errortrack import ErrorTracker, reporter_from_settings
 from app.events import stored_partition_key
-from app.ids import trace_id
+from app.ids import entry_key, trace_id
 from app.metrics import Metrics, default_metrics
 from app.tracing import Tracer, from_settings
 from consumers.base import Consumer, Delivery, Permanent, Retry
@@ -69,11 +69,6 @@ class Observers:
         settings = dispatch.settings
         errors = ErrorTracker(dispatch.redis, settings, reporter=reporter_from_settings(settings))
         return cls(default_metrics(), errors, from_settings(settings, "eventflow-worker"))
-
-
-def _entry_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class GroupLoop:
@@ -216,7 +211,7 @@ class GroupLoop:
             return
         for entry in reversed(entries):  # a read returns log entries oldest first: its newest is last
             if entry.kind == LOG:
-                if self._read_up_to is None or _entry_key(entry.stream_id) > _entry_key(self._read_up_to):
+                if self._read_up_to is None or entry_key(entry.stream_id) > entry_key(self._read_up_to):
                     self._read_up_to = entry.stream_id  # where a group removed by hand is made again
                 break
         attempts = await self._attempt_numbers(entries)
