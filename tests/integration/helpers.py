@@ -46,11 +46,15 @@ async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout_s: float
     raise AssertionError("condition not met in time")
 
 
+def home_partition(settings: Settings, source: str = "billing", subject: str = "") -> int:
+    """The partition that holds a source's events without a partition key (0 on one partition; any
+    of them on a partitioned log, such as the cluster tests')."""
+    return Keys(settings.prefix, settings.partitions).partition_of(partition_key({}, source, subject))
+
+
 def home_stream(settings: Settings, source: str = "billing", subject: str = "") -> str:
-    """The log stream that holds a source's events without a partition key (partition 0 on one
-    partition; any of them on a partitioned log, such as the cluster tests')."""
-    keys = Keys(settings.prefix, settings.partitions)
-    return keys.stream(keys.partition_of(partition_key({}, source, subject)))
+    """The log stream of `home_partition`."""
+    return Keys(settings.prefix, settings.partitions).stream(home_partition(settings, source, subject))
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -14,13 +13,13 @@ import pytest
 from redis.asyncio import Redis
 
 from app.deadletters import Filter
-from app.events import parse_request, partition_key
+from app.events import parse_request
 from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
 from consumers.base import Backoff, Consumer, Delivery, Permanent, Retry
 from consumers.runner import Runner
-from tests.integration.helpers import consuming, home_stream, wait_for
+from tests.integration.helpers import consuming, home_partition, home_stream, wait_for
 
 Handler = Callable[[Delivery], Awaitable[Any]]
 
@@ -28,11 +27,6 @@ Handler = Callable[[Delivery], Awaitable[Any]]
 async def post(services: Services, body: bytes, source: str = "billing") -> str:
     events, _ = parse_request(body, "application/json", {})
     return (await services.ingest(events, source, {}))[0].entry_id
-
-
-def home(settings: Settings, source: str = "billing") -> int:
-    """The partition of a source's events without a partition key (0 on one partition)."""
-    return Keys(settings.prefix, settings.partitions).partition_of(partition_key({}, source, ""))
 
 
 @pytest.fixture
@@ -364,11 +358,11 @@ async def test_a_group_or_stream_removed_by_hand_is_created_again_and_delivery_g
     await wait_for(lambda: _true(seen == ["before"]))
     keys = Keys(settings.prefix, settings.partitions)
     if removal == "destroy group":
-        assert await redis.xgroup_destroy(keys.stream(home(settings)), "mended")
+        assert await redis.xgroup_destroy(keys.stream(home_partition(settings)), "mended")
     elif removal == "delete log":
-        assert await redis.delete(keys.stream(home(settings)))
+        assert await redis.delete(keys.stream(home_partition(settings)))
     else:
-        assert await redis.delete(keys.replay(home(settings), "mended"))
+        assert await redis.delete(keys.replay(home_partition(settings), "mended"))
     await post(services, b'{"type":"t","data":"after"}')
     await wait_for(lambda: _true("after" in seen))
     assert seen.count("after") == 1
@@ -392,7 +386,7 @@ async def test_a_dead_letter_replayed_after_its_replay_stream_was_deleted_is_del
     await post(services, b'{"type":"t"}')
     await wait_for(lambda: _true(len(calls) == 1))
     await wait_for(lambda: services.dead_letters.list(Filter(group="again")))
-    await redis.delete(Keys(settings.prefix, settings.partitions).replay(home(settings), "again"))
+    await redis.delete(Keys(settings.prefix, settings.partitions).replay(home_partition(settings), "again"))
     [letter] = await services.dead_letters.list(Filter(group="again"))
     assert await services.dead_letters.replay([letter.id]) == 1
     await wait_for(lambda: _true(len(calls) == 2))
@@ -416,7 +410,7 @@ async def test_a_retry_schedule_deleted_by_hand_still_retries_its_deliveries(
     run_consumers(Consumer("unscheduled", fails_once, lease_s=1.0))
     await post(services, b'{"type":"t"}')
     await wait_for(lambda: _true(len(calls) == 1))
-    schedule = Keys(settings.prefix, settings.partitions).retry_schedule(home(settings), "unscheduled")
+    schedule = Keys(settings.prefix, settings.partitions).retry_schedule(home_partition(settings), "unscheduled")
     await wait_for(lambda: redis.exists(schedule))
     assert await redis.delete(schedule)
     await wait_for(lambda: _true(len(calls) == 2), timeout_s=5)
@@ -424,7 +418,7 @@ async def test_a_retry_schedule_deleted_by_hand_still_retries_its_deliveries(
 
 
 async def _nothing_pending(redis: Redis, settings: Settings, group: str) -> bool:
-    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
+    stream = home_stream(settings)
     return not (await redis.xpending(stream, group))["pending"]
 
 
@@ -436,7 +430,7 @@ async def test_entries_a_dead_worker_left_pending_and_an_operator_deleted_are_se
     # entries over (reclaim after the lease; an ordered consumer's new reader at once, XAUTOCLAIM)
     # must deliver the other, leave nothing pending, and count the deleted one as lost.
     group = "ordered-heir" if ordered else "heir"
-    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
+    stream = home_stream(settings)
     doomed = await post(services, b'{"type":"t","data":"doomed"}')
     kept = await post(services, b'{"type":"t","data":"kept"}')
     await redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -459,17 +453,7 @@ async def test_an_event_s_lifecycle_leaves_out_a_group_destroyed_while_it_is_rea
     # An operator's XGROUP DESTROY lands between the lifecycle's XINFO GROUPS and its XPENDING: the
     # event page shows the groups that are left, not a 500.
     entry_id = await post(services, b'{"type":"t"}')
-    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
-    for group in ("kept", "gone"):
-        await redis.xgroup_create(stream, group, id="0")
-    listed = services.lifecycle.redis.xinfo_groups
-
-    async def destroyed_meanwhile(name: str) -> Any:
-        groups = await listed(name)
-        await redis.xgroup_destroy(stream, "gone")
-        return groups
-
-    monkeypatch.setattr(services.lifecycle.redis, "xinfo_groups", destroyed_meanwhile)
+    await _destroy_gone_once_listed(services, redis, settings, monkeypatch)
     detail = await services.get_event(entry_id, None)
     assert [d.group for d in detail.deliveries] == ["kept"]
 
@@ -480,17 +464,24 @@ async def test_the_group_list_leaves_out_a_group_destroyed_while_it_is_read(
     # The same race on the consumers page and /v1/consumers: XGROUP DESTROY between XINFO GROUPS
     # and XINFO CONSUMERS.
     await post(services, b'{"type":"t"}')
-    stream = Keys(settings.prefix, settings.partitions).stream(home(settings))
+    await _destroy_gone_once_listed(services, redis, settings, monkeypatch)
+    assert [g.name for g in await services.lifecycle.groups()] == ["kept"]
+
+
+async def _destroy_gone_once_listed(
+    services: Services, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups "kept" and "gone" on the home stream; "gone" is destroyed (as by an operator) right
+    after the lifecycle's XINFO GROUPS has listed it, before the lifecycle reads it any further."""
+    stream = home_stream(settings)
     for group in ("kept", "gone"):
         await redis.xgroup_create(stream, group, id="0")
     listed = services.lifecycle.redis.xinfo_groups
 
     async def destroyed_meanwhile(name: str) -> Any:
         groups = await listed(name)
-        if name == stream and await redis.exists(stream):
-            with contextlib.suppress(Exception):
-                await redis.xgroup_destroy(stream, "gone")
+        if name == stream:
+            await redis.xgroup_destroy(stream, "gone")
         return groups
 
     monkeypatch.setattr(services.lifecycle.redis, "xinfo_groups", destroyed_meanwhile)
-    assert [g.name for g in await services.lifecycle.groups()] == ["kept"]
