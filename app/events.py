@@ -430,7 +430,7 @@ def parse_time(value: str | None, name: str) -> int | None:
     """RFC 3339 (UTC when no offset) or milliseconds since the epoch."""
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone also takes "²", which int() refuses
         return int(value)
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -52,6 +52,15 @@ async def test_a_dead_letter_filter_out_of_range_selects_nothing(
         assert resp.status_code == 200 and resp.json() == {"selected": 0, "replayed": 0}, resp.text
 
 
+@pytest.mark.parametrize("path", ["/v1/events?since=%C2%B2", "/v1/stats?until=%C2%B2", "/v1/dead-letters?since=%C2%B2"])
+async def test_a_time_of_non_ascii_digits_is_a_422_naming_it(make_client: MakeClient, path: str) -> None:
+    # "²".isdigit() is True, but int("²") raises: a 500 before.
+    async with make_client(api_token=TOKEN) as client:
+        assert_problem(await client.get(path, headers=OPERATOR), 422, "/" + path.split("?")[1].split("=")[0])
+        resp = await client.post("/v1/replay", json={"group": "g", "since": "²"}, headers=OPERATOR)
+        assert_problem(resp, 422, "/since")
+
+
 async def test_an_event_id_that_looks_like_an_entry_id_beyond_64_bits_is_a_404(make_client: MakeClient) -> None:
     async with make_client(api_token=TOKEN) as client:
         assert_problem(await client.get("/v1/events/99999999999999999999-0", headers=OPERATOR), 404)

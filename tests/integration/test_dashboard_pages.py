@@ -157,6 +157,8 @@ async def test_events_filter_by_type_source_and_time_and_page_back(
         assert "<tr data-entry=" not in future and "No events here yet" in future
         bad = (await client.get("/events?since=yesterday")).text
         assert "is not a time" in bad
+        superscript = await client.get("/events?since=%C2%B2")  # "²".isdigit(), yet int("²") fails
+        assert superscript.status_code == 200 and "is not a time" in superscript.text
 
 
 async def test_searching_an_event_id_opens_it(

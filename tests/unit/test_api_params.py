@@ -44,7 +44,7 @@ def test_absent_times_mean_no_bound(value: str | None) -> None:
     assert parse(value) == (None, [])
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2024-13-01T00:00:00Z", "-5"])
+@pytest.mark.parametrize("value", ["yesterday", "2024-13-01T00:00:00Z", "-5", "²", "\u0661\u0662", "\uff11\uff12"])
 def test_unreadable_times_are_reported_by_parameter(value: str) -> None:
     ms, problems = parse(value)
     assert ms is None
