@@ -186,7 +186,7 @@ def _split(ident: str, partitions: int) -> tuple[int, str]:
     # Checked here: Redis answers a malformed entry id with an error (a 500 before), and a partition
     # beyond EVENTFLOW_PARTITIONS has no key at all.
     partition, sep, entry_id = ident.rpartition(":")
-    number = 0 if not sep else int(partition) if partition.isdigit() else -1
+    number = 0 if not sep else int(partition) if partition.isascii() and partition.isdigit() else -1
     if not 0 <= number < partitions or not is_entry_id(entry_id):
         raise InvalidEvent([FieldProblem("/id", "a dead-letter id looks like <partition>:<entry id>")])
     return number, entry_id

@@ -6,7 +6,9 @@ import os
 import re
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only, and fullmatch: `\d` takes any Unicode digit and `$` matches before a final
+# newline, and Redis refuses both with an error.
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def made_entry(event_id: str) -> tuple[int, str] | None:
@@ -51,7 +53,7 @@ def trace_id(traceparent: str) -> str:
 def is_entry_id(value: str) -> bool:
     """True when `value` is a stream entry id Redis accepts: `<ms>-<seq>`, each part below 2^64
     (a larger one passes the pattern and makes Redis answer an error)."""
-    return _ENTRY_ID.match(value) is not None and all(int(part) < _TWO_64 for part in value.split("-"))
+    return _ENTRY_ID.fullmatch(value) is not None and all(int(part) < _TWO_64 for part in value.split("-"))
 
 
 _TWO_64 = 2**64

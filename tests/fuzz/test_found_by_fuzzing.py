@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -32,6 +33,23 @@ async def test_a_malformed_dead_letter_id_is_a_422_not_a_500(make_client: MakeCl
         for action in ("replay", "discard"):
             resp = await client.post(f"/v1/dead-letters/{action}", json={"ids": [ident]}, headers=OPERATOR)
             assert_problem(resp, 422)
+
+
+@pytest.mark.parametrize("ident", ["\u0661-0", "0:1-0\n", "\u00b2:1-0", "\u0661:1-0"])
+async def test_a_dead_letter_id_of_non_ascii_digits_or_a_newline_is_a_422(make_client: MakeClient, ident: str) -> None:
+    # \d and str.isdigit() take Unicode digits, and `$` matches before a final newline: Redis then
+    # refused the id with an error (a 500).
+    async with make_client(api_token=TOKEN) as client:
+        assert_problem(await client.get(f"/v1/dead-letters/{quote(ident)}", headers=OPERATOR), 422)
+        for action in ("replay", "discard"):
+            resp = await client.post(f"/v1/dead-letters/{action}", json={"ids": [ident]}, headers=OPERATOR)
+            assert_problem(resp, 422)
+
+
+@pytest.mark.parametrize("ident", ["\u0661-0", "1-0\n", "\u0661\u0662-\u0663"])
+async def test_an_event_id_of_non_ascii_digits_or_a_newline_is_a_404(make_client: MakeClient, ident: str) -> None:
+    async with make_client(api_token=TOKEN) as client:
+        assert_problem(await client.get(f"/v1/events/{quote(ident)}", headers=OPERATOR), 404)
 
 
 @pytest.mark.parametrize("query", ["until=0", "since=99999999999999999999", "until=99999999999999999999"])

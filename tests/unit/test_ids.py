@@ -72,7 +72,8 @@ def test_trace_id_is_the_second_field() -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1700000000000-0", True), ("1-12", True), ("17-", False),
-                                                 ("abc-1", False), ("0190a3f0-7c1e", False), ("12", False)])
+                                                 ("abc-1", False), ("0190a3f0-7c1e", False), ("12", False),
+                                                 ("\u0661-0", False), ("1-\u00b2", False), ("1-0\n", False)])
 def test_entry_ids_are_recognised(value: str, expected: bool) -> None:
     assert is_entry_id(value) is expected
 
