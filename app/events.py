@@ -38,7 +38,8 @@ CE_JSON = "application/cloudevents+json"
 CE_BATCH = "application/cloudevents-batch+json"
 
 # CloudEvents attribute names: lowercase letters and digits; we keep the spec's 20-char advice.
-_EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+# Matched whole (`$` alone would take a name ending in a newline).
+_EXT_NAME = re.compile(r"[a-z0-9]{1,20}").fullmatch
 _CONTEXT = ("id", "type", "source", "time", "subject", "datacontenttype", "dataschema", "traceparent")
 _STRING_ATTRS = frozenset(_CONTEXT) | {"specversion"}
 _MAX_ATTR_LEN = 1024
@@ -273,7 +274,7 @@ def _from_attributes(obj: dict[str, msgspec.Raw], pointer: str, *, structured: b
             data = None if bytes(raw) == b"null" else raw
         elif name in _STRING_ATTRS or name == "data_base64":
             strings[name] = _decode_scalar(raw)
-        elif _EXT_NAME.match(name):
+        elif _EXT_NAME(name):
             extensions[name] = _decode_scalar(raw)
         else:
             problems.append(FieldProblem(
@@ -341,7 +342,7 @@ def _check_extensions(extensions: dict[str, Any], pointer: str, problems: list[F
             problems.append(FieldProblem(
                 f"{pointer}/{name}", "integer extension attributes are 32-bit signed (CloudEvents)"
             ))
-        elif not _EXT_NAME.match(name):
+        elif not _EXT_NAME(name):
             problems.append(FieldProblem(f"{pointer}/{name}", "extension names are 1-20 lowercase letters or digits"))
         elif isinstance(value, str) and len(value) > _MAX_ATTR_LEN:
             problems.append(FieldProblem(f"{pointer}/{name}", f"longer than {_MAX_ATTR_LEN} characters"))

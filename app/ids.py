@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
-# ASCII digits only, and fullmatch: `\d` takes any Unicode digit and `$` matches before a final
-# newline, and Redis refuses both with an error.
+# Both matched whole (fullmatch): `$` also matches before a final newline, and a traceparent or
+# entry id ending in one was taken (stored with the newline; refused by Redis with an error). Entry
+# ids take ASCII digits only: `\d` takes any Unicode digit.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
@@ -40,7 +41,7 @@ def new_span_id() -> str:
 
 def valid_traceparent(value: str) -> bool:
     """True for a well-formed W3C traceparent (all-zero ids and version ff are invalid)."""
-    m = _TRACEPARENT.match(value)
+    m = _TRACEPARENT.fullmatch(value)
     if m is None or value.startswith("ff"):
         return False
     return m.group(1) != "0" * 32 and m.group(2) != "0" * 16

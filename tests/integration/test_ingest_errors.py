@@ -113,6 +113,18 @@ async def test_every_bad_field_of_an_event_is_named(client: Client, auth: dict[s
     assert_problem(resp, 422, "/type", "/time", "/traceparent", "/Bad")
 
 
+async def test_a_traceparent_or_extension_name_ending_in_a_newline_is_422_and_stores_nothing(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings
+) -> None:
+    # `$` matches before a final newline: both were accepted, and stored with the newline.
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n"
+    resp = await client.post("/v1/events", json={"type": "t", "traceparent": traceparent}, headers=auth)
+    assert_problem(resp, 422, "/traceparent")
+    resp = await client.post("/v1/events/batch", json=[{"type": "t", "abc\n": "x"}], headers=auth)
+    assert_problem(resp, 422, "/events/0/abc\n")
+    assert await stored(redis, settings) == 0
+
+
 async def test_structured_mode_without_specversion_is_422(client: Client, auth: dict[str, str]) -> None:
     resp = await client.post("/v1/events", content=b'{"type": "t"}',
                              headers={**auth, "Content-Type": "application/cloudevents+json"})

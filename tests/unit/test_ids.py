@@ -61,6 +61,7 @@ def test_a_well_formed_traceparent_is_valid() -> None:
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
         "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
         " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",
     ],
 )
 def test_malformed_traceparents_are_invalid(value: str) -> None:
