@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.deadletters import Filter
+from app.dispatch import LOG, Attempt, Dispatch, Pending
 from app.events import parse_request
 from app.keys import Keys
 from app.service import Services
@@ -485,3 +486,74 @@ async def _destroy_gone_once_listed(
         return groups
 
     monkeypatch.setattr(services.lifecycle.redis, "xinfo_groups", destroyed_meanwhile)
+
+
+async def test_the_lifecycle_shows_pending_in_progress_and_retrying_with_its_attempt_and_next_time(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    # GET /v1/events/{id} names each group's state; a retrying one carries its attempt number and when
+    # the next attempt is due, and the failed attempt's record (number, error type and message, time).
+    release = asyncio.Event()
+
+    async def slow(delivery: Delivery) -> None:
+        await release.wait()
+
+    async def failing(delivery: Delivery) -> None:
+        raise ValueError("gateway said 503")
+
+    await redis.xgroup_create(home_stream(settings), "idle", id="$", mkstream=True)  # nobody reads it
+    run_consumers(Consumer("slow", slow), Consumer("failing", failing, backoff=Backoff(base_s=60, jitter=0)))
+    await post(services, b'{"type":"t","id":"e-1"}')
+
+    async def states() -> dict[str, Any]:
+        return {d.group: d for d in (await services.get_event("e-1", None)).deliveries}
+
+    async def settled() -> bool:
+        found = await states()
+        return {g: found[g].state for g in found} == {"idle": "pending", "slow": "in-progress", "failing": "retrying"}
+
+    try:
+        await wait_for(settled)
+        found = await states()
+        assert found["slow"].consumer == "w1"
+        retrying = found["failing"]
+        [failed] = retrying.attempts
+        assert (retrying.attempt, failed.attempt, failed.outcome) == (1, 1, "failed")
+        assert (failed.error_type, failed.error) == ("ValueError", "gateway said 503")
+        assert failed.duration_ms is not None and abs(failed.at_ms - time.time() * 1000) < 30_000
+        assert retrying.next_attempt_at_ms == failed.next_at_ms
+        assert 59_000 <= retrying.next_attempt_at_ms - failed.at_ms <= 61_000
+    finally:
+        release.set()
+
+
+async def test_failed_attempt_records_are_bounded(redis: Redis, settings: Settings, services: Services) -> None:
+    # Every failed attempt is recorded, but an event that fails for ever keeps only its newest 50.
+    entry_id = await post(services, b'{"type":"t"}')
+    dispatch = Dispatch(redis, settings)
+    entry = Pending(kind=LOG, stream_id=entry_id, entry_id=entry_id, partition=home_partition(settings), fields={})
+    for n in range(1, 61):
+        await dispatch.record("stubborn", entry, Attempt(attempt=n, outcome="failed", at_ms=n, error="boom"))
+    kept = await dispatch.attempts("stubborn", home_partition(settings), entry_id)
+    assert [a.attempt for a in kept] == list(range(11, 61))
+
+
+async def test_a_group_that_starts_now_skips_the_events_already_in_the_log(
+    services: Services, run_consumers: Callable[..., Runner]
+) -> None:
+    seen: dict[str, list[str]] = {"all": [], "fresh": []}
+
+    def recorder(group: str) -> Handler:
+        async def handle(delivery: Delivery) -> None:
+            seen[group].append(delivery.entry_id)
+        return handle
+
+    before = [await post(services, b'{"type":"t"}') for _ in range(3)]
+    runner = run_consumers(Consumer("all", recorder("all")), Consumer("fresh", recorder("fresh"), start="now"))
+    await wait_for(lambda: _true(len(seen["all"]) == 3))
+    await wait_for(lambda: _true(set(runner.reading["fresh"]) != set()))  # its group exists now
+    after = [await post(services, b'{"type":"t"}') for _ in range(2)]
+    await wait_for(lambda: _true(len(seen["all"]) == 5 and len(seen["fresh"]) == 2))
+    await asyncio.sleep(0.2)
+    assert seen["fresh"] == after
+    assert seen["all"] == before + after
