@@ -128,8 +128,8 @@ def _with_type(body: bytes, name: str) -> bytes:
     """A sample may leave out `type`: the path names it."""
     try:
         sample = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return body  # parse_request reports it
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return body  # parse_request reports it (400: not JSON, not UTF-8, nested too deeply)
     if isinstance(sample, dict) and "type" not in sample:
         return msgspec.json.encode({"type": name, **sample})
     return body

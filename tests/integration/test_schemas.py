@@ -30,6 +30,7 @@ from tests.integration.helpers import assert_problem
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 TOKEN = "operator-token"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
+JSON_CONTENT = {"Content-Type": "application/json"}
 ORDER = {
     "type": "object",
     "properties": {"amount": {"type": "number", "minimum": 0}, "currency": {"enum": ["EUR", "USD"]}},
@@ -158,6 +159,15 @@ async def test_the_dry_run_validates_a_sample_without_storing_it(
     assert_problem(await api.post("/v1/event-types/order.created/validate", headers=auth,
                                   json={"type": "other"}), 422, "/type")
     assert await stored(redis, settings) == []
+
+
+@pytest.mark.parametrize("body", [b'{"data": "caf\xe9"}', b'{"data": ' * 3000 + b"1" + b"}" * 3000])
+async def test_a_dry_run_of_invalid_utf8_or_too_deep_json_is_a_400(
+    api: httpx.AsyncClient, auth: dict[str, str], body: bytes
+) -> None:
+    # The sample is decoded once to add the path's type: that decode's errors were a 500.
+    resp = await api.post("/v1/event-types/order.created/validate", headers={**auth, **JSON_CONTENT}, content=body)
+    assert_problem(resp, 400)
 
 
 async def test_new_versions_apply_to_new_events_and_old_versions_stay_readable(
