@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ def builtin() -> dict[str, Builder]:
 def load(names: list[str], module: str | None, settings: Settings, redis: Redis) -> list[Consumer]:
     available: dict[str, Builder | Consumer] = {}
     if module:
-        found = getattr(importlib.import_module(module), "CONSUMERS", None)
+        found = getattr(_import(module), "CONSUMERS", None)
         if found is None:
             raise ConfigError(f"module {module!r} has no CONSUMERS list")
         for item in found:
@@ -45,6 +46,19 @@ def load(names: list[str], module: str | None, settings: Settings, redis: Redis)
         raise ConfigError(f"unknown consumer(s) {', '.join(unknown)}; available: {', '.join(sorted(available))}")
     chosen = [available[n] for n in names] if names else list(available.values())
     return [c if isinstance(c, Consumer) else c(settings, redis) for c in chosen]
+
+
+def _import(module: str) -> Any:
+    """The user's module, looked for in the current folder too, as `python -m` would (the installed
+    `eventflow` script has only its own folder and the packages on its path)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # the module exists but imports something missing: its traceback says what
+        raise ConfigError(f"no module {module!r} in {os.getcwd()} or the installed packages") from None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -151,5 +151,55 @@ async def test_graceful_shutdown_finishes_in_flight_work_and_loses_nothing(
     assert set(seen.values()) == {1}
 
 
+# The README's consumer module, word for word but for the two helpers it leaves to the reader.
+README_CONSUMERS = """
+from consumers import Backoff, Permanent, Retry, consumer
+
+def mail_server_busy():
+    return False
+
+async def send(address):
+    pass
+
+@consumer("emails", types=["user.signup", "order.*"], max_attempts=8,
+          backoff=Backoff(base_s=1, factor=2, cap_s=300, jitter=0.2), concurrency=16)
+async def send_email(delivery):
+    if delivery.data.get("email") is None:
+        raise Permanent("no address")
+    if mail_server_busy():
+        raise Retry(delay_s=30)
+    await send(delivery.data["email"])
+
+CONSUMERS = [send_email]
+"""
+
+
+def test_consume_module_finds_the_readme_module_in_the_current_folder(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "my_consumers.py").write_text(README_CONSUMERS)
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix,
+           "EVENTFLOW_WORKER_METRICS_PORT": "0", "EVENTFLOW_LOG_FORMAT": "text"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("eventflow")), "consume", "--module", "my_consumers"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        output = b""
+        while b"consuming: emails" not in output and time.monotonic() < deadline and proc.poll() is None:
+            output += proc.stdout.readline() if proc.stdout else b""
+        assert b"consuming: emails" in output, output.decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_consume_module_that_does_not_exist_is_a_short_error(settings: Settings, tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_WORKER_METRICS_PORT": "0"}
+    done = subprocess.run([str(Path(sys.executable).with_name("eventflow")), "consume", "--module", "no_such_module"],
+                          cwd=tmp_path, env=env, capture_output=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr.decode()
+    assert "no_such_module" in done.stderr.decode()
+
+
 async def _count(keys: Awaitable[list[bytes]], expected: int) -> bool:
     return len(await keys) == expected
