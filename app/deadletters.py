@@ -182,21 +182,29 @@ def _bounds(flt: Filter) -> tuple[str, str] | None:
 _MAX_MS = 2**64 - 1
 
 
-def _split(ident: str, partitions: int) -> tuple[int, str]:
+def _split(ident: str, partitions: int, pointer: str = "/id") -> tuple[int, str]:
     # Checked here: Redis answers a malformed entry id with an error (a 500 before), and a partition
     # beyond EVENTFLOW_PARTITIONS has no key at all.
     partition, sep, entry_id = ident.rpartition(":")
     number = 0 if not sep else int(partition) if partition.isascii() and partition.isdigit() else -1
     if not 0 <= number < partitions or not is_entry_id(entry_id):
-        raise InvalidEvent([FieldProblem("/id", "a dead-letter id looks like <partition>:<entry id>")])
+        raise InvalidEvent([FieldProblem(pointer, "a dead-letter id looks like <partition>:<entry id>")])
     return number, entry_id
 
 
 def _by_partition(ids: list[str], partitions: int) -> dict[int, list[str]]:
+    """The ids' entry ids per partition; a malformed id refuses them all, each named as `/ids/<n>`."""
     out: dict[int, list[str]] = {}
-    for ident in ids:
-        partition, entry_id = _split(ident, partitions)
+    problems: list[FieldProblem] = []
+    for n, ident in enumerate(ids):
+        try:
+            partition, entry_id = _split(ident, partitions, f"/ids/{n}")
+        except InvalidEvent as exc:
+            problems += exc.problems
+            continue
         out.setdefault(partition, []).append(entry_id)
+    if problems:
+        raise InvalidEvent(problems)
     return out
 
 

@@ -69,6 +69,18 @@ async def test_a_bulk_action_takes_exactly_what_its_filter_selects(api: httpx.As
     assert await services.dead_letters.list(Filter(group="picky")) == []
 
 
+@pytest.mark.usefixtures("three_dead_letters")
+async def test_malformed_ids_in_a_bulk_action_are_named_by_their_place_in_ids(
+    api: httpx.AsyncClient, services: Services
+) -> None:
+    good = (await services.dead_letters.list(Filter(group="picky")))[0].id
+    for action in ("discard", "replay"):
+        resp = await api.post(f"/v1/dead-letters/{action}", headers=OPERATOR, json={"ids": [good, "x", good, "7:1-0"]})
+        assert_problem(resp, 422, "/ids/1", "/ids/3")
+    assert len(await services.dead_letters.list(Filter(group="picky"))) == 3  # all or nothing
+    assert_problem(await api.get("/v1/dead-letters/x", headers=OPERATOR), 422, "/id")
+
+
 async def test_a_history_replay_body_s_problems_name_their_field(api: httpx.AsyncClient) -> None:
     assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"since": "2026-01-01T00:00:00Z"}),
                    422, "/group")
@@ -101,3 +113,42 @@ async def test_the_dlq_cli_lists_shows_and_takes_only_what_its_filters_select(
     code, done, err = await cli("discard", listed[0]["id"])
     assert (code, done) == (0, {"selected": 1, "discarded": 1}), err
     assert len(await services.dead_letters.list(Filter(group="picky"))) == 2
+
+
+async def test_a_history_replay_over_http_and_the_cli_goes_to_one_group_only(
+    api: httpx.AsyncClient, services: Services, settings: Settings
+) -> None:
+    # `POST /v1/replay` and `eventflow replay --group G --since T [--until T]` deliver a time range of
+    # the log again to the named group, and to no other.
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def recorder(group: str) -> Callable[[Delivery], Any]:
+        async def handle(delivery: Delivery) -> None:
+            seen[group].append(delivery.entry_id)
+        return handle
+
+    async with consuming(services.redis, settings, Consumer("a", recorder("a")), Consumer("b", recorder("b"))):
+        ids = []
+        for n in range(3):
+            events, _ = parse_request(f'{{"type": "t", "data": {n}}}'.encode(), "application/json", {})
+            ids.append((await services.ingest(events, "billing", {}))[0].entry_id)
+        await wait_for(lambda: len(seen["a"]) == len(seen["b"]) == 3)
+        first_ms, last_ms = int(ids[0].split("-")[0]), int(ids[-1].split("-")[0])
+        since = dt.datetime.fromtimestamp(first_ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
+        resp = await api.post("/v1/replay", headers=OPERATOR, json={"group": "a", "since": since})
+        assert resp.status_code == 202, resp.text
+        assert resp.json() == {"group": "a", "queued": 3}
+        await wait_for(lambda: len(seen["a"]) == 6)
+
+        env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app.cli", "replay", "--group", "a", "--since", str(first_ms),
+            "--until", str(last_ms + 1), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        assert json.loads(out) == {"group": "a", "queued": 3}
+        await wait_for(lambda: len(seen["a"]) == 9)
+        await asyncio.sleep(0.2)  # time for a wrong delivery to "b" to show
+    assert sorted(seen["a"]) == sorted(ids * 3)
+    assert seen["b"] == ids
+    assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"group": "nobody", "since": since}), 404)
