@@ -293,6 +293,53 @@ async def test_an_archive_replay_delivers_archived_events_again_to_one_group(
     assert report.partitions[home(settings)].replay_trimmed == 4  # acknowledged replay entries are trimmed too
 
 
+async def test_an_archive_replay_over_http_and_the_cli_goes_to_one_group(
+    redis: Redis, archive_settings: Settings, run_consumers: Callable[..., Runner], make_client: Any
+) -> None:
+    # `POST /v1/archive/replay` and `eventflow archive replay --group G --since T [--until T]`.
+    settings = archive_settings.replace(retention_max_entries=2, api_token="operator-token")
+    services = Services(redis, settings)
+    seen: list[str] = []
+    others: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.entry_id)
+
+    async def other(delivery: Delivery) -> None:
+        others.append(delivery.entry_id)
+
+    run_consumers(settings, Consumer("again", handler), Consumer("other", other))
+    entries = await ingest(services, 6)
+    trimmed = 0
+
+    async def archived() -> bool:  # a pass trims only what both groups have acknowledged
+        nonlocal trimmed
+        trimmed += (await services.retention.run_pass()).trimmed
+        return trimmed == 4
+
+    await wait_for(archived)
+    async with make_client(archive_path=settings.archive_path, retention_max_entries=2,
+                           api_token="operator-token") as api:
+        resp = await api.post("/v1/archive/replay", headers={"Authorization": "Bearer operator-token"},
+                              json={"group": "again", "since": "0"})
+    assert resp.status_code == 202, resp.text
+    assert resp.json() == {"group": "again", "queued": 4}
+    await wait_for(lambda: len(seen) == 10)
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix,
+           "EVENTFLOW_ARCHIVE_PATH": settings.archive_path, "EVENTFLOW_PARTITIONS": str(settings.partitions)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "archive", "replay", "--group", "again", "--since", "0",
+        "--until", str(int(entries[-1].split("-")[0]) + 1), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert json.loads(out) == {"group": "again", "queued": 4}
+    await wait_for(lambda: len(seen) == 14)
+    await asyncio.sleep(0.2)  # time for a wrong delivery to "other" to show
+    assert sorted(seen, key=entry_key) == sorted(entries + entries[:4] * 2, key=entry_key)
+    assert sorted(others, key=entry_key) == entries
+
+
 async def test_one_process_at_a_time_runs_retention_on_a_partition(redis: Redis, archive_settings: Settings) -> None:
     services = Services(redis, archive_settings.replace(retention_max_entries=1))
     await ingest(services, 3)
