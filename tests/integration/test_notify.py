@@ -379,3 +379,32 @@ async def test_webhooks_api_is_for_the_operator_token_only(
         producer = await api.request(method, path, content=body, headers=auth)
         assert producer.status_code == 403, (method, path)
         assert producer.headers["content-type"] == "application/problem+json"
+
+
+async def test_webhooks_cli_creates_lists_changes_and_deletes(services: Services, settings: Settings) -> None:
+    # Subscriptions are managed by API and CLI: `eventflow webhooks create URL --type P`, list, update,
+    # disable, delete. The secret is printed at creation only.
+    import os
+    import sys
+
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+
+    async def cli(*args: str) -> Any:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "webhooks", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        return json.loads(out) if out.strip() else None
+
+    created = await cli("create", "https://hooks.example.com/in", "--type", "order.*", "-t", "refund.issued")
+    ident = created["id"]
+    assert created["secret"].startswith("whsec_")
+    assert created["subscription"]["types"] == ["order.*", "refund.issued"]
+    listed = await cli("list")
+    assert [w["id"] for w in listed] == [ident] and "secret" not in json.dumps(listed)
+    await cli("update", ident, "--type", "order.paid")
+    await cli("disable", ident)
+    stored = await services.webhooks.get(ident)
+    assert (stored.types, stored.enabled) == (["order.paid"], False)
+    await cli("delete", ident)
+    assert await services.webhooks.list() == []

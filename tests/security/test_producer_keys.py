@@ -149,3 +149,32 @@ async def test_the_cli_creates_a_limited_key_and_changes_or_lifts_the_limit(
         await Services(services.redis, settings).producers.check_types("billing", ["order.created"])
     assert (await cli("limit", "billing"))["types"] == []
     await Services(services.redis, settings).producers.check_types("billing", ["order.created"])
+
+
+async def test_the_cli_creates_a_key_shown_once_and_revokes_it_at_once(
+    services: Services, settings: Settings, make_client: MakeClient
+) -> None:
+    # `eventflow producers create NAME` prints the key (only its hash is kept); `eventflow producers
+    # revoke NAME` stops it at once.
+    import json
+    import os
+    import sys
+
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+
+    async def cli(*args: str) -> Any:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "producers", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        return json.loads(out)
+
+    issued = await cli("create", "billing")
+    assert issued["name"] == "billing" and KEY.match(issued["key"])
+    assert issued["key"] not in json.dumps(await cli("list"))
+    event = {"type": "t", "data": 1}
+    async with make_client(auth_cache_s=0.0) as client:
+        headers = {"Authorization": f"Bearer {issued['key']}"}
+        assert (await client.post("/v1/events", json=event, headers=headers)).status_code == 202
+        assert (await cli("revoke", "billing"))["revoked_ms"] is not None
+        assert_problem(await client.post("/v1/events", json=event, headers=headers), 401)
