@@ -1,0 +1,48 @@
+"""`eventflow consume [NAME ...]`: the built-in consumers by default, some of them by name; consumer
+names stable per process slot (EVENTFLOW_CONSUMER_ID, else the Fly machine id or host, plus the slot)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from app.errors import ConfigError
+from app.settings import Settings
+from consumers.cli import load
+from consumers.runner import consumer_id
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(audit_path=str(tmp_path / "audit"))
+
+
+async def test_consume_runs_every_built_in_consumer_by_default(settings: Settings) -> None:
+    loaded = load([], None, settings, fakeredis.FakeAsyncRedis())
+    assert [c.name for c in loaded] == ["audit", "notify", "analytics"]
+
+
+async def test_consume_names_pick_some_of_them_and_an_unknown_name_is_a_config_error(settings: Settings) -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    assert [c.name for c in load(["analytics", "audit"], None, settings, redis)] == ["analytics", "audit"]
+    with pytest.raises(ConfigError) as info:
+        load(["audit", "emails"], None, settings, redis)
+    assert "emails" in info.value.detail and "analytics, audit, notify" in info.value.detail
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"FLY_MACHINE_ID": "3d8d9c4b", "PS": "worker.2"}, "3d8d9c4b-2"),
+    ({"FLY_MACHINE_ID": "3d8d9c4b"}, "3d8d9c4b-1"),
+    ({"PS": "worker.3"}, f"{socket.gethostname()}-3"),
+    ({}, f"{socket.gethostname()}-1"),
+])
+def test_a_consumer_name_is_the_machine_plus_the_procfile_slot(environ: dict[str, str], expected: str) -> None:
+    assert consumer_id(Settings(), environ) == expected
+
+
+def test_eventflow_consumer_id_names_the_consumer_outright() -> None:
+    settings = Settings.from_env({"EVENTFLOW_CONSUMER_ID": "billing-worker-a"})
+    assert consumer_id(settings, {"FLY_MACHINE_ID": "3d8d9c4b", "PS": "worker.2"}) == "billing-worker-a"
