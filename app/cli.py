@@ -33,6 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from app.connections import is_unavailable, unavailable  # local import: keeps `eventflow --help` fast
+
+        if not is_unavailable(exc):
+            raise
+        # Some commands meet Redis's own error before a service turns it into ours: say it the same way.
+        print(f"eventflow: {unavailable(exc, settings).detail}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

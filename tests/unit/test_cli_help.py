@@ -9,7 +9,8 @@ import io
 
 import pytest
 
-from app.cli import build_parser
+from app.cli import build_parser, main
+from app.embedded import free_port
 
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -46,3 +47,21 @@ def test_every_command_has_help_for_itself_and_each_option(path: tuple[str, ...]
     undocumented = [a.dest for a in parser._actions
                     if a.help is None and not isinstance(a, argparse._SubParsersAction) and a.dest != "help"]
     assert undocumented == [], f"eventflow {' '.join(path)}: options without help: {undocumented}"
+
+
+# Commands that read Redis, run against a port nobody listens on.
+NEEDS_REDIS = [("producers", "list"), ("dlq", "list"), ("dlq", "show", "0:1-0"),
+               ("replay", "--group", "g", "--since", "0"), ("types", "list"), ("retention", "status"),
+               ("webhooks", "list"), ("users", "list")]
+
+
+@pytest.mark.parametrize("args", NEEDS_REDIS, ids=" ".join)
+def test_an_unreachable_redis_is_a_one_line_error_not_a_traceback(
+    args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("EVENTFLOW_REDIS_TIMEOUT_S", "0.5")
+    assert main(list(args)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("eventflow: ") and "unreachable" in err and err.count("\n") == 1, err
+
