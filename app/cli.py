@@ -27,7 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = Settings.from_env(os.environ)
-        return int(args.handler(args, settings))
+        code = int(args.handler(args, settings))
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is met below, not at exit
+        return code
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except EventFlowError as exc:
         print(f"eventflow: {exc.detail}", file=sys.stderr)
         return 1

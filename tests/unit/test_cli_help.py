@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +68,14 @@ def test_an_unreachable_redis_is_a_one_line_error_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("eventflow: ") and "unreachable" in err and err.count("\n") == 1, err
 
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`eventflow config | head -1`: the reader may go away before the output is written."""
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("eventflow")), "config"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it has started: every write of its output meets a closed pipe
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(30) != 0
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
