@@ -104,3 +104,18 @@ def test_replace_returns_a_changed_copy_and_leaves_the_original() -> None:
     changed = base.replace(max_batch=5)
     assert changed.max_batch == 5
     assert base.max_batch == 1000
+
+
+@pytest.mark.parametrize(("env", "cluster_url"), [
+    ({"REDIS_URL": "redis+cluster://a:7000,b:7001"}, "redis+cluster://a:7000,b:7001"),
+    ({"REDIS_URL": "rediss+cluster://u:pw@a:7000"}, "rediss+cluster://u:pw@a:7000"),
+    ({"REDIS_URL": "redis://a:7000", "EVENTFLOW_REDIS_CLUSTER": "true"}, "redis+cluster://a:7000"),
+    ({"REDIS_URL": "rediss://u:pw@a:7000", "EVENTFLOW_REDIS_CLUSTER": "true"}, "rediss+cluster://u:pw@a:7000"),
+    ({"REDIS_URL": "redis://a:7000"}, None),
+])
+def test_a_cluster_is_named_by_a_cluster_scheme_or_by_eventflow_redis_cluster(
+    env: dict[str, str], cluster_url: str | None
+) -> None:
+    settings = Settings.from_env(env)
+    assert settings.cluster is (cluster_url is not None)
+    assert settings.redis_cluster_url() == cluster_url
