@@ -109,3 +109,13 @@ def test_partition_of_is_the_same_in_another_process() -> None:
             env={"PYTHONHASHSEED": seed}, cwd=Path(__file__).resolve().parents[2],
         )
         assert json.loads(out.stdout) == here
+
+
+@pytest.mark.parametrize(("partition_key", "crc32"), [
+    ("customer-7", 42760520), ("billing\norder/42", 1953152885), ("shop\n", 178499099),
+])
+def test_a_partition_is_the_crc32_of_its_key_modulo_the_count(partition_key: str, crc32: int) -> None:
+    # docs/scaling.md promises CRC-32 modulo the partition count: a direct writer may compute it, and a
+    # change would move every key to another partition (a migration, not a refactor).
+    for partitions in (2, 7, 16, 64):
+        assert Keys("eventflow", partitions).partition_of(partition_key) == crc32 % partitions
