@@ -105,6 +105,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.producer_rate_limit >= 0, "EVENTFLOW_PRODUCER_RATE_LIMIT must be 0 (off) or positive"),
             (self.redis_timeout_s > 0, "EVENTFLOW_REDIS_TIMEOUT_S must be positive"),
             (self.redis_max_connections >= 8, "EVENTFLOW_REDIS_MAX_CONNECTIONS must be at least 8"),
+            # WAIT/WAITAOF with a timeout of 0 never return: the producer would hang, not get its 503.
+            (self.durability_timeout_ms >= 1, "EVENTFLOW_DURABILITY_TIMEOUT_MS must be at least 1"),
+            (self.retry_after_s >= 0, "EVENTFLOW_RETRY_AFTER_S must be 0 or positive"),
+            (0 < self.port < 65536, "PORT must be 1 to 65535"),
+            (self.web_workers >= 1, "EVENTFLOW_WEB_WORKERS must be at least 1"),
+            (self.auth_cache_s >= 0, "EVENTFLOW_AUTH_CACHE_S must be 0 (no cache) or positive"),
+            (self.attempts_ttl_s >= 1, "EVENTFLOW_ATTEMPTS_TTL_S must be at least 1"),
+            (self.shutdown_grace_s >= 0, "EVENTFLOW_SHUTDOWN_GRACE_S must be 0 or positive"),
+            (self.audit_rotate_bytes >= 1024, "EVENTFLOW_AUDIT_ROTATE_BYTES must be at least 1024"),
+            (self.stats_retention_s >= 60, "EVENTFLOW_STATS_RETENTION_S must be at least 60 (counts are per minute)"),
             # Checked here so the message names the variable (redis-py's own error does not); the
             # value itself is not echoed, it may carry a password.
             (self.redis_url is None or self.redis_url.startswith(_URL_SCHEMES),

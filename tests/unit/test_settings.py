@@ -80,6 +80,21 @@ def test_a_value_of_the_wrong_type_names_its_variable(var: str, value: str) -> N
         ("EVENTFLOW_LOG_LEVEL", "verbose"),
         ("EVENTFLOW_PREFIX", "{ef}"),
         ("REDIS_URL", "http://localhost:6379"),
+        # Numbers a process would take and then misbehave with (a granian traceback for a port, a
+        # durability WAIT of 0 ms that never returns, records that expire at once, a negative grace).
+        ("PORT", "-5"),
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("EVENTFLOW_WEB_WORKERS", "0"),
+        ("EVENTFLOW_DURABILITY_TIMEOUT_MS", "0"),
+        ("EVENTFLOW_RETRY_AFTER_S", "-1"),
+        ("EVENTFLOW_AUTH_CACHE_S", "-1"),
+        ("EVENTFLOW_AUTH_CACHE_S", "nan"),
+        ("EVENTFLOW_ATTEMPTS_TTL_S", "0"),
+        ("EVENTFLOW_SHUTDOWN_GRACE_S", "-5"),
+        ("EVENTFLOW_SHUTDOWN_GRACE_S", "nan"),
+        ("EVENTFLOW_AUDIT_ROTATE_BYTES", "0"),
+        ("EVENTFLOW_STATS_RETENTION_S", "0"),
     ],
 )
 def test_a_value_out_of_range_names_its_variable(var: str, value: str) -> None:
