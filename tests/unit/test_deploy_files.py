@@ -172,3 +172,25 @@ def test_what_the_worker_writes_lands_on_its_volume(name: str) -> None:
     [mount] = [fly()["mounts"]] if isinstance(fly()["mounts"], dict) else fly()["mounts"]
     assert "worker" in mount["processes"]
     assert Path(docker_env()[name]).is_relative_to(mount["destination"])
+
+
+def test_the_commands_the_files_name_are_installed_entry_points() -> None:
+    # Procfile, fly.toml and the Dockerfile run `eventflow ...` and `granian`: the console script is
+    # declared by the package, and granian is one of its dependencies.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["eventflow"] == "app.cli:main"
+    assert any(re.match(r"granian\b", dep) for dep in project["dependencies"])
+
+
+def test_ci_runs_the_readme_test_command_and_deploys_main_to_fly_with_a_token_secret() -> None:
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    test_steps = [step.get("run", "") for step in jobs["test"]["steps"]]
+    assert "python3 run.py test" in test_steps
+    deploy = jobs["deploy"]
+    assert deploy["needs"] == "test" and "refs/heads/main" in deploy["if"]
+    [step] = [step for step in deploy["steps"] if "deploy" in step.get("run", "")]
+    assert re.match(r"(fly|flyctl) deploy\b", step["run"])
+    assert step["env"]["FLY_API_TOKEN"] == "${{ secrets.FLY_API_TOKEN }}"

@@ -33,3 +33,38 @@ def test_procfile_worker_runs_a_real_subcommand() -> None:
     assert callable(args.handler)
     assert "--factory app.web:create_app_from_env" in procfile["web"]
     assert "--port $PORT" in procfile["web"]
+
+
+def _section(text: str, heading: str) -> str:
+    assert f"\n{heading}\n" in text, heading
+    level = heading.split(" ", 1)[0]
+    return text.split(f"\n{heading}\n", 1)[1].split(f"\n{level} ", 1)[0]
+
+
+def test_the_readme_has_the_sections_the_issues_ask_for() -> None:
+    readme = (ROOT / "README.md").read_text()
+    direct = _section(readme, "## Writing straight into the stream")
+    assert "`{eventflow}:events`" in direct and "XADD {eventflow}:events * type" in direct
+    durability = _section(readme, "## Durability")
+    assert all(f"| `{mode}`" in durability for mode in ("fast", "fsync", "replica"))
+    consumers = _section(readme, "## Consumers")
+    assert "@consumer(" in consumers and "worker: eventflow consume" in consumers
+    assert "eventflow dlq replay" in _section(readme, "## Dead letters and replay")
+    for heading in ("## Event types and schemas", "## Retention and archive", "## Observability"):
+        _section(readme, heading)
+    reliability = _section(readme, "## Reliability")
+    assert ("| scenario | load held | faults injected | answers producers saw | acknowledged | lost | duplicated "
+            "| unfinished |") in reliability
+
+
+def test_the_guides_cover_what_the_issues_ask_for() -> None:
+    security = (ROOT / "docs" / "security.md").read_text()
+    for heading in ("## Assets", "## Actors", "## Trust boundaries", "## Mitigations", "## Reporting a vulnerability"):
+        _section(security, heading)
+    trust = " ".join(_section(security, "## Trust boundaries").split())
+    assert "`XADD` to the stream — is trusted" in trust
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert "fly secrets set" in deploy and "REDIS_URL=" in deploy and "fly scale count worker=3" in deploy
+    assert "Upstash" in _section(deploy, "## Choosing Redis on Fly")
+    capacity = _section((ROOT / "docs" / "scaling.md").read_text(), "## Capacity model")
+    assert all(f"| {rate} |" in capacity for rate in ("10k", "100k", "1M"))
