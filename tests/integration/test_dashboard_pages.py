@@ -255,3 +255,22 @@ async def test_webhook_forms_create_edit_disable_rotate_and_delete(
         assert "Not saved." in (await client.get("/webhooks")).text
         await client.post(f"/webhooks/{sub.id}/delete", data={"csrf_token": token})
         assert await services.webhooks.list() == []
+
+
+async def test_every_page_has_the_navigation_bar_to_every_other_page(
+    make_client: MakeClient, admin: tuple[str, str], services: Services
+) -> None:
+    # The issue's pages: /login, / (overview), /events, /events/{id}, /producers, /consumers,
+    # /dead-letters and /webhooks, with a navigation bar across them.
+    entry_id = await post(services, '{"type": "t"}')
+    pages = {"/": "Overview", "/events": "Events", "/producers": "Producers", "/consumers": "Consumers",
+             "/dead-letters": "Dead letters", "/webhooks": "Webhooks"}
+    async with make_client() as client:
+        assert (await client.get("/login")).status_code == 200
+        await logged_in(client, *admin)
+        for path in [*pages, f"/events/{entry_id}"]:
+            resp = await client.get(path)
+            assert resp.status_code == 200, path
+            nav = resp.text.split('<nav class="mainnav"', 1)[1].split("</nav>", 1)[0]
+            links = dict(re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', nav))
+            assert {href: links.get(href) for href in pages} == pages, path
