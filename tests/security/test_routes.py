@@ -138,3 +138,26 @@ async def test_a_producer_key_reads_only_its_own_validation_failures(
     assert [f["source"] for f in seen.json()["recent"]] == ["bob"]
     assert everyone.json()["counts"] == {"rejected": 2}
     assert sorted(f["source"] for f in everyone.json()["recent"]) == ["alice", "bob"]
+
+
+# Every route the issues and the README name, spelt as they do: users, scripts and outside checks call
+# these paths, so a rename is a break, not a refactor.
+CONTRACT = {
+    ("POST", "/v1/events"), ("POST", "/v1/events/batch"), ("GET", "/v1/events"), ("GET", "/v1/events/{ident}"),
+    ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/schema/openapi.json"),
+    ("GET", "/schema/swagger"), ("GET", "/v1/stats"), ("GET", "/v1/errors"), ("GET", "/v1/errors/{ident}"),
+    ("GET", "/v1/consumers"), ("GET", "/v1/dead-letters"), ("GET", "/v1/dead-letters/{ident}"),
+    ("POST", "/v1/dead-letters/replay"), ("POST", "/v1/dead-letters/discard"), ("POST", "/v1/replay"),
+    ("GET", "/v1/webhooks"), ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks/{ident}"),
+    ("PATCH", "/v1/webhooks/{ident}"), ("DELETE", "/v1/webhooks/{ident}"), ("GET", "/v1/event-types"),
+    ("GET", "/v1/event-types/{name}"), ("PUT", "/v1/event-types/{name}"),
+    ("POST", "/v1/event-types/{name}/validate"), ("GET", "/v1/retention"), ("POST", "/v1/archive/replay"),
+    ("GET", "/login"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/"), ("GET", "/events"),
+    ("GET", "/events/{ident}"), ("GET", "/producers"), ("GET", "/consumers"), ("GET", "/dead-letters"),
+    ("GET", "/webhooks"), ("GET", "/errors"), ("GET", "/types"),
+}
+
+
+def test_every_route_the_issues_name_exists_with_that_spelling(settings: Settings) -> None:
+    served = {(method, re.sub(r":\w+\}", "}", path)) for method, path, _ in routes(settings)}
+    assert sorted(CONTRACT - served) == []
