@@ -79,3 +79,24 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
         err = proc.stderr.read().decode()
     assert proc.wait(30) != 0
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+# Every command line the issues and the README name, as they spell it: parsed, it reaches a handler.
+CONTRACT_COMMANDS = [
+    "dev", "serve", "consume", "consume audit analytics", "consume --module my_consumers",
+    "embedded-redis --cluster 3", "producers create billing", "producers create shop --types order.* cart.updated",
+    "producers list", "producers rotate billing", "producers revoke billing", "producers limit shop order.*",
+    "users create alice --role admin", "users create vic --role viewer",
+    "dlq list --group notify --type order.created --source shop --since 0 --until 1",
+    "dlq show 0:1-0", "dlq replay 0:1-0", "dlq replay --all --group notify", "dlq discard --all --type test.ping",
+    "replay --group analytics --since 2026-11-26T10:00:00Z --until 2026-11-26T11:00:00Z",
+    "audit verify", "types list", "retention run", "retention status",
+    "archive replay --group G --since 2026-11-26T10:00:00Z --until 2026-11-26T11:00:00Z",
+    "webhooks create https://example.com/in --type order.*", "webhooks list",
+]
+
+
+@pytest.mark.parametrize("command", CONTRACT_COMMANDS)
+def test_every_command_line_the_issues_name_parses(command: str) -> None:
+    args = build_parser().parse_args(command.split())
+    assert callable(args.handler)
