@@ -153,3 +153,22 @@ def test_the_internal_listener_serves_the_rendered_text_on_any_path() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_metrics_the_issue_names_carry_their_labels() -> None:
+    # Dashboards, alert rules and users' queries select on these labels: renaming one is a break.
+    labels = {family.name: set() for family in Metrics(CollectorRegistry()).registry.collect()}
+    for attr in vars(Metrics(CollectorRegistry())).values():
+        name, labelnames = getattr(attr, "_name", None), getattr(attr, "_labelnames", None)
+        if name in labels and labelnames is not None:
+            labels[name] = set(labelnames)
+    assert labels["eventflow_events_ingested"] == {"source"}
+    assert labels["eventflow_events_rejected"] == {"reason"}
+    assert labels["eventflow_idempotent_repeats"] == {"source"}
+    assert labels["eventflow_http_requests"] == {"route", "method", "status"}
+    assert labels["eventflow_http_request_duration_seconds"] >= {"route"}
+    assert labels["eventflow_handler_duration_seconds"] == {"group"}
+    assert labels["eventflow_deliveries"] == {"group", "outcome"}
+    assert labels["eventflow_retries"] == labels["eventflow_lost_entries"] == {"group"}
+    assert labels["eventflow_dead_letters"] >= {"group"}
+    assert labels["eventflow_webhook_delivery_seconds"] == {"status_class"}
