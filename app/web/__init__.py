@@ -70,6 +70,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
         middleware=[IngestFastPath, web_metrics.middleware(), security_headers(settings)],
         lifespan=[lifespan, metrics_web.lifespan(web_metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=api.single_parameters,
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings, "web_metrics": web_metrics}),
         openapi_config=apidocs.openapi_config(),

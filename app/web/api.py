@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -20,6 +21,18 @@ AnyRequest = Request[Any, Any, Any]
 
 def services(request: AnyRequest) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
+
+
+def single_parameters(request: AnyRequest) -> None:
+    """Before every API handler: a query parameter given more than once is a 422 naming it, rather than
+    one of its values taken silently (`type=a&type=b` read only `b`). The dashboard's forms send lists
+    (`id=...&id=...`), so only /v1 is checked."""
+    if not request.url.path.startswith("/v1/"):
+        return
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name, n in counts.items() if n > 1)
+    if repeated:
+        raise InvalidEvent([FieldProblem(f"/{name}", "given more than once: send it once") for name in repeated])
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:

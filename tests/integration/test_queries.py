@@ -143,6 +143,17 @@ async def test_bad_query_parameters_are_422_naming_them(
     assert_problem(await client.get("/v1/events", params=params, headers=auth), 422, *pointers)
 
 
+@pytest.mark.parametrize("query", ["type=a&type=b", "order=asc&order=desc", "limit=1&limit=x",
+                                   "since=0&until=1&since=2"])
+async def test_a_query_parameter_given_twice_is_a_422_naming_it(
+    client: Client, auth: dict[str, str], query: str
+) -> None:
+    # One of the values used to be taken silently (the last): `type=a&type=b` read only type b.
+    repeated = "/" + query.split("=")[0]
+    assert_problem(await client.get(f"/v1/events?{query}", headers=auth), 422, repeated)
+    assert_problem(await client.get(f"/v1/stats?{query}", headers=auth), 422, repeated)
+
+
 async def test_a_non_integer_limit_is_a_400_problem(client: Client, auth: dict[str, str]) -> None:
     assert_problem(await client.get("/v1/events", params={"limit": "ten"}, headers=auth), 400, "/limit")
 
