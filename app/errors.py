@@ -4,6 +4,7 @@
     ├── ConfigError            bad setting at start-up (never reaches HTTP)
     ├── InvalidEvent           422, with a list of (pointer, message) problems
     ├── MalformedBody          400, body is not the JSON it claims to be
+    ├── MalformedHeader        400, e.g. a header ingest reads given twice
     ├── UnsupportedMediaType   415
     ├── PayloadTooLarge        413
     ├── Unauthorized           401, missing or unknown producer key
@@ -63,6 +64,11 @@ class InvalidEvent(EventFlowError):
 class MalformedBody(EventFlowError):
     status = 400
     title = "Malformed request body"
+
+
+class MalformedHeader(EventFlowError):
+    status = 400
+    title = "Malformed request header"
 
 
 class UnsupportedMediaType(EventFlowError):

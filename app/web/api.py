@@ -52,7 +52,8 @@ async def ingest_batch(request: AnyRequest) -> Response[bytes]:
 
 
 async def _ingest(request: AnyRequest, path: str) -> Response[bytes]:
-    answer = await ingest.ingest(services(request), path, request.headers, await request.body())
+    answer = await ingest.ingest(services(request), path, request.headers, await request.body(),
+                                 request.scope["headers"])
     headers = {k.decode(): v.decode() for k, v in answer.headers if k != b"content-type"}
     media = dict(answer.headers)[b"content-type"].decode()
     return Response(answer.body, status_code=answer.status, media_type=media, headers=headers)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
 from app.connections import is_unavailable, unavailable
-from app.errors import EventFlowError, PayloadTooLarge
+from app.errors import EventFlowError, MalformedHeader, PayloadTooLarge
 from app.events import parse_batch, parse_request
 from app.service import Services
 from app.web.problems import PROBLEM_JSON, problem_parts
@@ -43,9 +43,12 @@ class Answer(msgspec.Struct):
     problem_type: str | None = None
 
 
-async def ingest(svc: Services, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
-    """Authenticate, decode, append; the answer as status, body and headers (never raises)."""
+async def ingest(svc: Services, path: str, headers: Mapping[str, str], body: bytes,
+                 raw_headers: Iterable[tuple[bytes, bytes]] = ()) -> Answer:
+    """Authenticate, decode, append; the answer as status, body and headers (never raises). Pass the
+    request's `raw_headers` when `headers` may have lost a repeated one."""
     try:
+        single_headers(raw_headers)
         source = await svc.producers.authenticate(headers.get("authorization"))
         content_type = headers.get("content-type")
         if path == BATCH:
@@ -68,6 +71,21 @@ async def ingest(svc: Services, path: str, headers: Mapping[str, str], body: byt
     ident = appended[0].id
     location = f"{ONE}/{ident if _UNRESERVED(ident) else quote(ident, safe='')}".encode()
     return Answer(202, _encode(appended[0]), [*_JSON, (b"location", location)])
+
+
+_SINGLE = (b"authorization", b"content-type", b"traceparent")
+
+
+def single_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """MalformedHeader when a header ingest reads (Authorization, Content-Type, traceparent, ce-*) is
+    given more than once: taking one copy would be a guess (two ce-type headers stored the last)."""
+    seen: set[bytes] = set()
+    for name, _ in raw_headers:
+        lower = name.lower()
+        if lower in _SINGLE or lower.startswith(b"ce-"):
+            if lower in seen:
+                raise MalformedHeader(f"the {lower.decode('latin-1')} header is given more than once: send it once")
+            seen.add(lower)
 
 
 def _problem(path: str, exc: EventFlowError) -> Answer:
@@ -103,7 +121,9 @@ class IngestFastPath:
             answer = _problem(path, PayloadTooLarge(
                 f"the body is larger than {svc.settings.max_body_bytes} bytes (EVENTFLOW_MAX_BODY_BYTES)"))
         else:
-            answer = await ingest(svc, path, headers, body)
+            # Fewer names than header lines: some header is repeated (the dict kept its last copy).
+            raw = scope["headers"] if len(headers) < len(scope["headers"]) else ()
+            answer = await ingest(svc, path, headers, body, raw)
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [*answer.headers, *_API_HEADERS]})
         await send({"type": "http.response.body", "body": answer.body})

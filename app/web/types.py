@@ -18,6 +18,7 @@ from app.errors import FieldProblem, InvalidEvent
 from app.events import is_json_media, media_type, parse_request
 from app.schemas import SchemaConflict, TypeChange
 from app.web.api import _json, services
+from app.web.ingest import single_headers
 from app.web.operations import _decode, _operator
 from app.web.problems import problem
 
@@ -111,6 +112,7 @@ async def failures(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
 @post("/v1/event-types/{name:str}/validate", status_code=200,
       summary="Dry run: check a sample event (as it would be POSTed to /v1/events) without storing it")
 async def validate(request: AnyRequest, name: FromPath[str], version: FromQuery[int | None] = None) -> Response[bytes]:
+    single_headers(request.scope["headers"])
     svc = await _reader(request)
     body = await request.body()
     content_type = request.headers.get("content-type") or "application/json"

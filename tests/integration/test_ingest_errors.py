@@ -247,6 +247,24 @@ async def test_a_wrong_method_is_a_405_problem(client: Client) -> None:
     assert_problem(await client.delete("/v1/events"), 405)
 
 
+@pytest.mark.parametrize("repeated", [("ce-type", "a"), ("content-type", "text/plain"),
+                                      ("authorization", "Bearer efk_other"), ("traceparent", "x")])
+async def test_a_header_ingest_reads_given_twice_is_a_400_naming_it_and_stores_nothing(
+    make_client: MakeClient, auth: dict[str, str], redis: Redis, settings: Settings, repeated: tuple[str, str]
+) -> None:
+    # One copy used to be taken silently: two ce-type headers stored the event under the last one.
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    headers = [*auth.items(), ("content-type", "application/json"), ("ce-specversion", "1.0"),
+               ("ce-type", "b"), ("traceparent", traceparent), repeated]
+    async with make_client() as client:  # (Litestar's test client joins repeated headers into one)
+        for path in ("/v1/events", "/v1/event-types/b/validate"):
+            # Built by hand: a client's header merge keeps one copy of each name.
+            request = httpx.Request("POST", client.base_url.join(path), content=b"{}", headers=headers)
+            body = assert_problem(await client.send(request), 400)
+            assert repeated[0] in body["detail"].lower()
+    assert await stored(redis, settings) == 0
+
+
 async def test_a_non_ascii_event_id_is_accepted_and_can_be_fetched(client: Client, auth: dict[str, str]) -> None:
     # The Location header is percent-encoded (a raw non-Latin-1 id used to turn into a 500 after the
     # event had been stored).
