@@ -269,6 +269,14 @@ async def test_static_files_are_served_with_a_long_cache_and_need_no_session(mak
         assert (await client.get("/static/app.js")).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["%00", "a" * 300, "nope.css"])
+async def test_a_static_file_no_file_can_be_is_a_404(make_client: MakeClient, name: str) -> None:
+    # A NUL byte (ValueError) or a name longer than the file system allows (OSError) was a 500.
+    async with make_client() as client:
+        for method in ("GET", "HEAD"):
+            assert (await client.request(method, f"/static/{name}")).status_code == 404
+
+
 async def test_unknown_pages_and_events_get_html_error_pages(make_client: MakeClient) -> None:
     async with make_client() as client:
         await logged_in(client, *ADMIN)

@@ -3,12 +3,13 @@ and HTML error pages. Live updates come from `app.web.sse`; static files from `a
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
 from litestar import Response, Router
 from litestar.datastructures import CacheControlHeader
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException, NotFoundException
 from litestar.static_files import create_static_files_router
 
 from app.connections import is_unavailable, unavailable
@@ -16,6 +17,7 @@ from app.errors import EventFlowError, Unavailable
 from app.web import sse
 from app.web.dashboard import auth, errortrack, manage, pages, types, webhooks
 from app.web.dashboard.render import STATIC, AnyRequest, page
+from app.web.problems import http_error, unexpected_error
 
 log = logging.getLogger("eventflow.web.dashboard")
 
@@ -73,6 +75,17 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 # Pages link to /static/<file>?v=<content hash>, so a changed file gets a new URL.
 _CACHE = CacheControlHeader(public=True, max_age=31_536_000, immutable=True)
 
+
+def _no_such_file(request: AnyRequest, exc: Exception) -> Response[Any]:
+    """A static file name no file can have is a 404, not a 500: the file system refuses a NUL byte
+    (ValueError) and a name longer than it allows (ENAMETOOLONG, which Litestar's file system adapter
+    raises as a 500 InternalServerException) instead of saying "not found"."""
+    cause = exc.__cause__ if isinstance(exc, InternalServerException) else exc
+    if isinstance(cause, ValueError) or (isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG):
+        return http_error(request, NotFoundException("no such static file"))
+    return http_error(request, exc) if isinstance(exc, HTTPException) else unexpected_error(request, exc)
+
+
 HANDLERS = [*auth.ROUTES, *pages.ROUTES, *types.ROUTES, *errortrack.ROUTES, *manage.ROUTES, *webhooks.ROUTES,
             *sse.ROUTES]
 
@@ -82,5 +95,7 @@ def routers() -> list[Router]:
     dashboard = Router(path="/", route_handlers=HANDLERS, guards=[auth.guard], exception_handlers=EXCEPTION_HANDLERS,
                        include_in_schema=False)
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False,
-                                        cache_control=_CACHE)
+                                        cache_control=_CACHE,
+                                        exception_handlers={ValueError: _no_such_file,
+                                                            InternalServerException: _no_such_file})
     return [dashboard, static]
