@@ -75,8 +75,9 @@ async def list_events(
         problems.append(FieldProblem("/limit", "must be between 1 and 1000"))
     if order not in ("asc", "desc"):
         problems.append(FieldProblem("/order", "must be asc or desc"))
+    since_ms, until_ms = _time_range(since, until, problems)
     query = Query(
-        since_ms=_time_ms(since, "since", problems), until_ms=_time_ms(until, "until", problems),
+        since_ms=since_ms, until_ms=until_ms,
         type=type or None, source=source or None, limit=limit, newest_first=order == "desc", cursor=cursor,
     )
     if problems:
@@ -92,6 +93,21 @@ async def get_event(request: AnyRequest, ident: FromPath[str]) -> Response[bytes
     svc = services(request)
     scope = await svc.reader_scope(request.headers.get("authorization"))
     return _json(await svc.get_event(ident, scope))
+
+
+def _time_range(since: str | None, until: str | None, problems: list[FieldProblem],
+                within: str = "") -> tuple[int | None, int | None]:
+    """`since` and `until` as milliseconds (see `_time_ms`)."""
+    since_ms, until_ms = _time_ms(since, "since", problems, within), _time_ms(until, "until", problems, within)
+    check_order(since_ms, until_ms, problems, within)
+    return since_ms, until_ms
+
+
+def check_order(since_ms: int | None, until_ms: int | None, problems: list[FieldProblem], within: str = "") -> None:
+    """A range the wrong way round is a problem at `until`, as GET /v1/stats says: it used to select
+    nothing, silently (`until` is exclusive, so `until == since` selects nothing too)."""
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        problems.append(FieldProblem(f"{within}/until", "must be after since"))
 
 
 def _time_ms(value: str | None, name: str, problems: list[FieldProblem], within: str = "") -> int | None:

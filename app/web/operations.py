@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery
 from app.connections import redis_errors
 from app.deadletters import Filter
 from app.errors import FieldProblem, InvalidEvent, MalformedBody
-from app.web.api import _json, _time_ms, services
+from app.web.api import _json, _time_ms, _time_range, check_order, services
 from app.web.problems import field_problem
 
 AnyRequest = Request[Any, Any, Any]
@@ -45,6 +45,7 @@ class Selection(msgspec.Struct, forbid_unknown_fields=True):
         problems: list[FieldProblem] = []
         since_ms = _time_ms(given.since, "since", problems, "/filter") if given.since is not None else given.since_ms
         until_ms = _time_ms(given.until, "until", problems, "/filter") if given.until is not None else given.until_ms
+        check_order(since_ms, until_ms, problems, "/filter")
         flt = Filter(group=given.group, type=given.type, source=given.source, since_ms=since_ms, until_ms=until_ms)
         if problems:
             raise InvalidEvent(problems)
@@ -92,8 +93,8 @@ async def list_dead_letters(
     limit: FromQuery[int] = 100,
 ) -> Response[bytes]:
     problems: list[FieldProblem] = []
-    flt = Filter(group=group, type=type, source=source,
-                 since_ms=_time_ms(since, "since", problems), until_ms=_time_ms(until, "until", problems))
+    since_ms, until_ms = _time_range(since, until, problems)
+    flt = Filter(group=group, type=type, source=source, since_ms=since_ms, until_ms=until_ms)
     if not 1 <= limit <= 1000:
         problems.append(FieldProblem("/limit", "must be between 1 and 1000"))
     if problems:
@@ -141,7 +142,7 @@ async def replay_history(request: AnyRequest) -> Response[bytes]:
     svc = await _operator(request)
     body = _decode(await request.body(), HistoryReplay)
     problems: list[FieldProblem] = []
-    since_ms, until_ms = _time_ms(body.since, "since", problems), _time_ms(body.until, "until", problems)
+    since_ms, until_ms = _time_range(body.since, body.until, problems)
     if problems or since_ms is None:
         raise InvalidEvent(problems or [FieldProblem("/since", "required")])
     async with redis_errors(svc.settings):

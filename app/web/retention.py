@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from app.errors import FieldProblem, InvalidEvent
-from app.web.api import _json, _time_ms
+from app.web.api import _json, _time_range
 from app.web.operations import _decode, _operator
 
 AnyRequest = Request[Any, Any, Any]
@@ -31,7 +31,7 @@ async def archive_replay(request: AnyRequest) -> Response[bytes]:
     svc = await _operator(request)
     body = _decode(await request.body(), ArchiveReplay)
     problems: list[FieldProblem] = []
-    since_ms, until_ms = _time_ms(body.since, "since", problems), _time_ms(body.until, "until", problems)
+    since_ms, until_ms = _time_range(body.since, body.until, problems)
     if problems or since_ms is None:
         raise InvalidEvent(problems or [FieldProblem("/since", "required")])
     queued = await svc.retention.replay(body.group, since_ms, until_ms)

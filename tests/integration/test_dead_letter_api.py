@@ -81,6 +81,18 @@ async def test_malformed_ids_in_a_bulk_action_are_named_by_their_place_in_ids(
     assert_problem(await api.get("/v1/dead-letters/x", headers=OPERATOR), 422, "/id")
 
 
+async def test_a_time_range_the_wrong_way_round_is_a_422_naming_until(api: httpx.AsyncClient) -> None:
+    # It selected nothing, silently (GET /v1/stats already refused it).
+    later, earlier = "2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"
+    assert_problem(await api.get(f"/v1/dead-letters?since={later}&until={earlier}", headers=OPERATOR), 422, "/until")
+    for flt in ({"since": later, "until": earlier}, {"since_ms": 5, "until_ms": 4}):
+        resp = await api.post("/v1/dead-letters/replay", headers=OPERATOR, json={"filter": flt})
+        assert_problem(resp, 422, "/filter/until")
+    for path in ("/v1/replay", "/v1/archive/replay"):
+        resp = await api.post(path, headers=OPERATOR, json={"group": "g", "since": later, "until": earlier})
+        assert_problem(resp, 422, "/until")
+
+
 async def test_a_history_replay_body_s_problems_name_their_field(api: httpx.AsyncClient) -> None:
     assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"since": "2026-01-01T00:00:00Z"}),
                    422, "/group")

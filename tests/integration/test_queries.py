@@ -135,6 +135,8 @@ async def test_a_time_range_combines_with_type_and_paging(client: Client, auth: 
         ({"until": "2024-02-30T00:00:00Z"}, ["/until"]),
         ({"cursor": "not-a-cursor"}, ["/cursor"]),
         ({"limit": 0, "order": "x"}, ["/limit", "/order"]),
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, ["/until"]),  # was an empty page
+        ({"since": "1767225600000", "until": "1767225600000"}, ["/until"]),
     ],
 )
 async def test_bad_query_parameters_are_422_naming_them(
