@@ -62,23 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run the whole system locally (embedded Redis when REDIS_URL is unset)",
                          description=devstack.__doc__)
-    dev.add_argument("--port", type=int, default=None, help="HTTP port (default: $PORT or 8000)")
+    dev.add_argument("--port", type=_port, default=None, help="HTTP port (default: $PORT or 8000)")
     dev.add_argument("--data-dir", default=None, help="where the embedded server keeps its data "
                      "(default: $EVENTFLOW_DATA_DIR or .eventflow)")
     dev.add_argument("--no-consumers", action="store_true", help="run the web process only")
     dev.set_defaults(handler=devstack.run_dev)
 
     serve = sub.add_parser("serve", help="run the web process under granian (what the Procfile runs)")
-    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: $PORT or 8000)")
+    serve.add_argument("--port", type=_port, default=None, help="HTTP port (default: $PORT or 8000)")
     serve.add_argument("--host", default="0.0.0.0", help="bind address (default: 0.0.0.0)")
     serve.set_defaults(handler=devstack.run_serve)
 
     embedded = sub.add_parser("embedded-redis", help="run only the embedded Valkey server (AOF on)")
-    embedded.add_argument("--port", type=int, default=6379, help="port (default: 6379)")
+    embedded.add_argument("--port", type=_port, default=6379, help="port (default: 6379)")
     embedded.add_argument("--data-dir", default=None, help="data folder (default: $EVENTFLOW_DATA_DIR/redis)")
     embedded.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
                           help="AOF fsync policy (`always` for EVENTFLOW_DURABILITY=fsync)")
-    embedded.add_argument("--cluster", type=int, default=0, metavar="PRIMARIES",
+    embedded.add_argument("--cluster", type=_at_least_one, default=0, metavar="PRIMARIES",
                           help="form a Valkey Cluster of this many primaries instead (ports chosen freely)")
     embedded.set_defaults(handler=devstack.run_embedded)
 
@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     _audit(sub)
     _consumers_cli(sub)
     return parser
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port (granian and Valkey fail on others with a traceback, not a message)."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return int(text)
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def _audit(sub: Any) -> None:

@@ -100,3 +100,15 @@ CONTRACT_COMMANDS = [
 def test_every_command_line_the_issues_name_parses(command: str) -> None:
     args = build_parser().parse_args(command.split())
     assert callable(args.handler)
+
+
+@pytest.mark.parametrize("args", [("dev", "--port", "0"), ("serve", "--port", "70000"),
+                                  ("embedded-redis", "--port", "-1"), ("embedded-redis", "--cluster", "-1")],
+                         ids=" ".join)
+def test_a_port_or_a_count_out_of_range_is_a_usage_error(
+    args: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(list(args))
+    assert done.value.code == 2
+    assert f"argument {args[1]}" in capsys.readouterr().err
