@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import fcntl
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from app.embedded import EmbeddedCluster, EmbeddedServer
+from app.embedded import EmbeddedCluster, EmbeddedServer, pid_alive
 from app.errors import Conflict, EventFlowError, NotFound, Unauthorized
 from app.settings import Settings
 
@@ -86,20 +92,24 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
     children: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ, EVENTFLOW_LOG_FORMAT=os.environ.get("EVENTFLOW_LOG_FORMAT", "text"))
     try:
-        if not settings.redis_url:
-            print(f"starting the embedded Valkey server (data in {data_dir / 'redis'}, AOF on) ...")
-            server = EmbeddedServer(data_dir / "redis").start()
-            settings = settings.replace(redis_url=server.url)
-            env["REDIS_URL"] = server.url
-        key = asyncio.run(_dev_producer_key(settings, data_dir))
-        admin_password = asyncio.run(_dev_admin(settings, data_dir))
-        web = web_command("127.0.0.1", port)
-        children.append(subprocess.Popen([_bin(web[0]), *web[1:]], env=env))
-        if not args.no_consumers and _has_consumers():
-            children.append(subprocess.Popen([_bin("eventflow"), "consume"], env=env))
-        _wait_http(f"http://127.0.0.1:{port}/healthz", children)
-        _banner(port, key, data_dir / "dev-producer.key", server, _admin_lines(port, admin_password, data_dir))
-        _wait_children(children)
+        with _only_run(data_dir) as lock:
+            _check_port_free(port)
+            # The children hold the lock too, and stop when we die, even by SIGKILL (see _die_with_us).
+            popen: dict[str, Any] = {"pass_fds": (lock,), "preexec_fn": _die_with_us}
+            if not settings.redis_url:
+                print(f"starting the embedded Valkey server (data in {data_dir / 'redis'}, AOF on) ...")
+                server = EmbeddedServer(data_dir / "redis").start(**popen)
+                settings = settings.replace(redis_url=server.url)
+                env["REDIS_URL"] = server.url
+            key = asyncio.run(_dev_producer_key(settings, data_dir))
+            admin_password = asyncio.run(_dev_admin(settings, data_dir))
+            web = web_command("127.0.0.1", port)
+            children.append(subprocess.Popen([_bin(web[0]), *web[1:]], env=env, **popen))
+            if not args.no_consumers and _has_consumers():
+                children.append(subprocess.Popen([_bin("eventflow"), "consume"], env=env, **popen))
+            _wait_http(f"http://127.0.0.1:{port}/healthz", children)
+            _banner(port, key, data_dir / "dev-producer.key", server, _admin_lines(port, admin_password, data_dir))
+            _wait_children(children)
     except KeyboardInterrupt:
         print("\nstopping ...")
     except EventFlowError as exc:
@@ -111,6 +121,60 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
             server.stop()
             print("embedded Valkey stopped; data kept in", data_dir / "redis")
     return 0
+
+
+@contextmanager
+def _only_run(data_dir: Path, wait_s: float = 30.0) -> Iterator[int]:
+    """Hold the data folder's lock while this run lasts: a second run on the same folder would start
+    a second Valkey on the same AOF files. Our children inherit the lock, so after a crash it is held
+    until they have stopped (they do on their own, see _die_with_us): we wait for that."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "dev.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if not _try_lock(fd):
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            if holder.isdigit() and pid_alive(int(holder)):
+                raise Conflict(f"EventFlow is already running on {data_dir} (process {holder}): stop it "
+                               f"first, or give another --data-dir")
+            print(f"waiting for the processes of an earlier run on {data_dir} to stop ...", flush=True)
+            deadline = time.monotonic() + wait_s
+            while not _try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise Conflict(f"processes of an earlier run still hold {data_dir / 'dev.lock'}: "
+                                   f"stop them (`fuser {data_dir / 'dev.lock'}` names them)")
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _check_port_free(port: int) -> None:
+    """granian binds with SO_REUSEPORT: on a port another web process holds, both would answer."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT are fine
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise Conflict(f"port {port} is in use (another EventFlow, or another program): stop it, or "
+                           f"choose another with --port or PORT") from None
+
+
+def _die_with_us() -> None:
+    """Run in each child before it starts: on Linux, the kernel sends it SIGTERM when the dev process
+    dies, however it dies, so a crash leaves no Valkey, web or worker behind."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _dev_producer_key(settings: Settings, data_dir: Path) -> str:

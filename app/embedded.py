@@ -84,7 +84,8 @@ class EmbeddedServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 15.0) -> EmbeddedServer:
+    def start(self, timeout_s: float = 15.0, **popen: Any) -> EmbeddedServer:
+        """Start the server and wait until it answers; `popen` goes to subprocess.Popen."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "valkey.conf"
         conf.write_text("".join(f"{k} {v}\n" for k, v in self.config.items()))
@@ -94,6 +95,7 @@ class EmbeddedServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            **popen,
         )
         self._wait_ready(timeout_s)
         return self

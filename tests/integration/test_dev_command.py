@@ -25,8 +25,8 @@ BUILT_IN = {"audit", "notify", "analytics"}
 class Dev:
     """One `python3 run.py dev` in a session of its own (Ctrl-C in a terminal reaches the whole group)."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFLOW_") and k != "REDIS_URL"}
         env.update(EVENTFLOW_METRICS_PORT=str(free_port()), EVENTFLOW_WORKER_METRICS_PORT=str(free_port()))
         self.log = data_dir / f"dev-{self.port}.log"
@@ -127,3 +127,54 @@ def test_run_py_dev_runs_the_whole_system_and_keeps_the_data_across_runs(data_di
         assert again.interrupt() == 0
     finally:
         again.kill()
+
+
+def _gone(pids: set[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (alive := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def test_after_the_dev_process_is_killed_nothing_is_left_running_and_the_next_start_works(data_dir: Path) -> None:
+    dev = Dev(data_dir)
+    started: set[int] = set()
+    try:
+        key = dev.wait_for(r"producer key: (efk_\S+)").group(1)
+        started = dev.descendants()
+        assert len(started) >= 3, started
+        dev.process.send_signal(signal.SIGKILL)  # a crash: no clean-up of its own
+        dev.process.wait()
+        assert _gone(started, 30) == [], "Valkey, web or consumers outlived the dev process"
+    finally:
+        dev.kill()
+        for pid in _gone(started, 0):  # what a failed run left behind
+            os.kill(pid, signal.SIGKILL)
+
+    again = Dev(data_dir, dev.port)
+    try:
+        assert again.wait_for(r"producer key: (efk_\S+)").group(1) == key
+        resp = httpx.get(f"{again.url}/v1/events", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert again.interrupt() == 0
+    finally:
+        again.kill()
+
+
+def test_a_second_dev_on_the_same_data_folder_or_port_is_refused_and_the_first_runs_on(data_dir: Path) -> None:
+    first = Dev(data_dir)
+    try:
+        key = first.wait_for(r"producer key: (efk_\S+)").group(1)
+        same_folder = Dev(data_dir)
+        assert same_folder.process.wait(60) == 1, same_folder.output()
+        assert "already running" in same_folder.output() and str(data_dir) in same_folder.output()
+        same_port = Dev(data_dir.with_name("other-data"), first.port)
+        assert same_port.process.wait(60) == 1, same_port.output()
+        assert f"port {first.port} is in use" in same_port.output()
+        # Nothing of theirs answers in the first one's place.
+        for _ in range(10):
+            resp = httpx.get(f"{first.url}/v1/events", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+            assert resp.status_code == 200, resp.text
+        assert first.interrupt() == 0
+    finally:
+        first.kill()
