@@ -53,7 +53,8 @@ def connect(settings: Settings, **overrides: Any) -> Redis:
     With a cluster URL (`redis+cluster://`, or EVENTFLOW_REDIS_CLUSTER) it is redis-py's
     `RedisCluster`, which speaks the same commands; every key EventFlow uses together shares a slot."""
     if not settings.redis_url:
-        raise ConfigError("REDIS_URL is not set (the dev command starts an embedded server instead)")
+        raise ConfigError("REDIS_URL is not set: point it at your Redis or Valkey (`python3 run.py dev` "
+                          "prints the one of its embedded server)")
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,

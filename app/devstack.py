@@ -247,11 +247,13 @@ def _admin_lines(port: int, password: str | None, data_dir: Path) -> str:
 def _banner(port: int, key: str, key_file: Path, server: EmbeddedServer | None, dashboard: str = "") -> None:
     url = f"http://127.0.0.1:{port}"
     redis_line = f"embedded Valkey at {server.url}" if server else "Redis from REDIS_URL"
+    # Other commands (`eventflow producers ...`) need REDIS_URL; the embedded server's port changes per run.
+    cli = f"  CLI:          export REDIS_URL={server.url}   then: python3 run.py eventflow --help\n" if server else ""
     print(f"""
 EventFlow is running at {url}   ({redis_line})
 {dashboard}  API docs:     {url}/schema/swagger
   producer key: {key}   (producer "dev", kept in {key_file})
-
+{cli}
 Post an event:
   curl -sS -X POST {url}/v1/events \\
     -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\

@@ -92,6 +92,12 @@ def test_run_py_dev_runs_the_whole_system_and_keeps_the_data_across_runs(data_di
         key = dev.wait_for(r"producer key: (efk_\S+)").group(1)
         password = dev.wait_for(r"user admin, password (\S+)").group(1)
         assert f"kept in {data_dir / 'dev-producer.key'}" in dev.output()
+        # The banner says how to point the CLI at this stack's Valkey, and that works.
+        redis_url = dev.wait_for(r"export REDIS_URL=(redis://\S+)").group(1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFLOW_")}
+        listed = subprocess.run([str(Path(sys.executable).with_name("eventflow")), "producers", "list"],
+                                env={**env, "REDIS_URL": redis_url}, capture_output=True, timeout=30, check=False)
+        assert listed.returncode == 0 and '"dev"' in listed.stdout.decode(), listed.stderr.decode()
         resp = httpx.post(f"{dev.url}/v1/events", headers={"Authorization": f"Bearer {key}"}, timeout=10,
                           json={"type": "order.created", "data": {"order": 42, "amount": 9.5}})
         assert resp.status_code == 202, resp.text
