@@ -61,12 +61,16 @@ class Runner:
                 outage.ok()
                 return
             except Exception as exc:
-                if not is_unavailable(exc) or self.stop.is_set():
+                if not is_unavailable(exc):
                     raise
+                if self.stop.is_set():
+                    return  # told to stop before Redis ever answered: nothing was read, nothing to finish
                 await sleep_unless(self.stop, outage.failed(exc))
 
     async def run(self) -> None:
         await self.setup()
+        if self.stop.is_set():
+            return
         tasks = [asyncio.create_task(self._supervise(c)) for c in self.consumers]
         tasks.append(asyncio.create_task(self._heartbeat()))
         log.info("consuming: %s as %s", ", ".join(c.name for c in self.consumers), self.name)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from app.embedded import free_port
 from app.events import parse_batch
 from app.keys import Keys
 from app.service import Services
@@ -199,6 +200,20 @@ def test_consume_module_that_does_not_exist_is_a_short_error(settings: Settings,
     assert done.returncode == 1
     assert "Traceback" not in done.stderr.decode()
     assert "no_such_module" in done.stderr.decode()
+
+
+def test_a_worker_stopped_while_redis_is_still_unreachable_exits_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "EVENTFLOW_WORKER_METRICS_PORT": "0",
+           "EVENTFLOW_REDIS_TIMEOUT_S": "0.5", "EVENTFLOW_LOG_FORMAT": "text"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("eventflow")), "consume"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    with proc.stdout:
+        output = proc.stdout.readline()  # the outage's one log line: it waits for Redis
+        proc.send_signal(signal.SIGTERM)
+        output += proc.stdout.read()
+    assert proc.wait(30) == 0, output.decode()
+    assert b"Redis unavailable" in output and b"Traceback" not in output, output.decode()
 
 
 async def _count(keys: Awaitable[list[bytes]], expected: int) -> bool:
