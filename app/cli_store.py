@@ -172,7 +172,8 @@ def _run(action: Action) -> Callable[[argparse.Namespace, Settings], int]:
             result = asyncio.run(go())
         except SchemaConflict as exc:
             print(_pretty(exc.check))
-            print(f"eventflow: {exc.detail}", file=sys.stderr)
+            # The detail speaks HTTP ("send force=true"); here the same is an option.
+            print(f"eventflow: {exc.detail.replace('send force=true', 'give --force')}", file=sys.stderr)
             return 1
         print(_pretty(result))
         return 0

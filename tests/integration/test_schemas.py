@@ -295,6 +295,7 @@ async def test_the_cli_registers_versions_and_dry_runs(services: Services, setti
     stricter.write_text(json.dumps({**ORDER, "required": ["amount", "currency"]}))
     code, report, err = await cli("types", "add-version", "order.created", str(stricter))
     assert code == 1 and b"would fail" in err
+    assert b"--force" in err  # the CLI's way to save it anyway, not the HTTP body's force=true
     assert (report["checked"], report["failing"]) == (1, 1)
     sample = tmp_path / "sample.json"
     sample.write_text(json.dumps({"data": {"amount": -1}}))
