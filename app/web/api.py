@@ -95,7 +95,7 @@ async def get_event(request: AnyRequest, ident: FromPath[str]) -> Response[bytes
     return _json(await svc.get_event(ident, scope))
 
 
-def _time_range(since: str | None, until: str | None, problems: list[FieldProblem],
+def _time_range(since: str | int | None, until: str | int | None, problems: list[FieldProblem],
                 within: str = "") -> tuple[int | None, int | None]:
     """`since` and `until` as milliseconds (see `_time_ms`)."""
     since_ms, until_ms = _time_ms(since, "since", problems, within), _time_ms(until, "until", problems, within)
@@ -110,11 +110,11 @@ def check_order(since_ms: int | None, until_ms: int | None, problems: list[Field
         problems.append(FieldProblem(f"{within}/until", "must be after since"))
 
 
-def _time_ms(value: str | None, name: str, problems: list[FieldProblem], within: str = "") -> int | None:
-    """RFC 3339 or milliseconds since the epoch; a bad value is added to `problems` (its pointer
-    under `within`, for a time inside a JSON body)."""
+def _time_ms(value: str | int | None, name: str, problems: list[FieldProblem], within: str = "") -> int | None:
+    """RFC 3339 or milliseconds since the epoch (a JSON body may give those as a number); a bad value
+    is added to `problems` (its pointer under `within`, for a time inside a JSON body)."""
     try:
-        return parse_time(value, name)
+        return parse_time(value if value is None or isinstance(value, str) else str(value), name)
     except InvalidEvent as exc:
         problems.extend(FieldProblem(within + p.pointer, p.message, p.keyword) for p in exc.problems)
         return None

@@ -54,8 +54,8 @@ class Selection(msgspec.Struct, forbid_unknown_fields=True):
 
 class HistoryReplay(msgspec.Struct, forbid_unknown_fields=True):
     group: str
-    since: str
-    until: str | None = None
+    since: str | int  # RFC 3339, or milliseconds since the epoch as a number or a string
+    until: str | int | None = None
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:

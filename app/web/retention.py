@@ -16,8 +16,8 @@ AnyRequest = Request[Any, Any, Any]
 
 class ArchiveReplay(msgspec.Struct, forbid_unknown_fields=True):
     group: str
-    since: str
-    until: str | None = None
+    since: str | int  # RFC 3339, or milliseconds since the epoch as a number or a string
+    until: str | int | None = None
 
 
 @get("/v1/retention", summary="Retention policy, per-partition state, and the groups holding trimming back")

@@ -99,6 +99,9 @@ async def test_a_history_replay_body_s_problems_name_their_field(api: httpx.Asyn
     assert_problem(await api.post("/v1/replay", headers=OPERATOR,
                                   json={"group": "g", "since": "2026-01-01T00:00:00Z", "extra": 1}), 422, "/extra")
     assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"group": 5, "since": "x"}), 422, "/group")
+    for since in (-1, True, 1.5):  # a number is milliseconds since the epoch: a whole one, not below 0
+        resp = await api.post("/v1/replay", headers=OPERATOR, json={"group": "g", "since": since})
+        assert_problem(resp, 422, "/since")
 
 
 @pytest.mark.usefixtures("three_dead_letters")
@@ -160,7 +163,13 @@ async def test_a_history_replay_over_http_and_the_cli_goes_to_one_group_only(
         assert proc.returncode == 0, err
         assert json.loads(out) == {"group": "a", "queued": 3}
         await wait_for(lambda: len(seen["a"]) == 9)
+        # Milliseconds as JSON numbers, as the CLI and GET /v1/events take them (they were a 422).
+        resp = await api.post("/v1/replay", headers=OPERATOR, json={"group": "a", "since": first_ms,
+                                                                     "until": last_ms + 1})
+        assert resp.status_code == 202, resp.text
+        assert resp.json() == {"group": "a", "queued": 3}
+        await wait_for(lambda: len(seen["a"]) == 12)
         await asyncio.sleep(0.2)  # time for a wrong delivery to "b" to show
-    assert sorted(seen["a"]) == sorted(ids * 3)
+    assert sorted(seen["a"]) == sorted(ids * 4)
     assert seen["b"] == ids
     assert_problem(await api.post("/v1/replay", headers=OPERATOR, json={"group": "nobody", "since": since}), 404)

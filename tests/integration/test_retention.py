@@ -321,7 +321,7 @@ async def test_an_archive_replay_over_http_and_the_cli_goes_to_one_group(
     async with make_client(archive_path=settings.archive_path, retention_max_entries=2,
                            api_token="operator-token") as api:
         resp = await api.post("/v1/archive/replay", headers={"Authorization": "Bearer operator-token"},
-                              json={"group": "again", "since": "0"})
+                              json={"group": "again", "since": 0})  # a number: milliseconds
     assert resp.status_code == 202, resp.text
     assert resp.json() == {"group": "again", "queued": 4}
     await wait_for(lambda: len(seen) == 10)
