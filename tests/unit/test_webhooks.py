@@ -295,6 +295,8 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert 28 <= (parse_retry_after(later) or 0) <= 30
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("²") is None  # was a ValueError out of the handler: the delivery became a plain retry
+    assert parse_retry_after("١٢") is None  # delay-seconds are ASCII digits
     assert parse_retry_after(None) is None
 
 
