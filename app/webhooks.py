@@ -154,6 +154,7 @@ def signature_headers(secrets_: Sequence[str], msg_id: str, timestamp: int, body
 
 # Forms the C resolver reads as IPv4 although `ipaddress` does not: 2130706433, 0x7f000001, 0177.1, 127.1
 _LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?", re.IGNORECASE)
+_LAST_LABEL_NUMERIC = re.compile(r"(^|\.)([0-9]+|0x[0-9a-f]*)\.?$", re.IGNORECASE)
 _HOST = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?", re.IGNORECASE)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _CHECKS = (
@@ -223,11 +224,15 @@ def _shape_problem(url: str) -> str | None:
     if parts.scheme.lower() not in ("http", "https"):
         return "must be an http:// or https:// URL"
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port  # raises ValueError on a port out of range
     except ValueError:
+        return "has an invalid port"
+    if port == 0:
         return "has an invalid port"
     if not parts.hostname:
         return "must name a host"
+    if "[" in parts.netloc and not _is_ipv6(parts.hostname):
+        return f"[{parts.hostname}] is not a valid IPv6 address"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials (user:password@); the signature authenticates deliveries"
     if parts.fragment:
@@ -240,6 +245,9 @@ def _host_problem(host: str, allow_private: bool) -> str | None:
         address = literal_address(host)
     except ValueError as exc:
         return str(exc)
+    if address is None and _LAST_LABEL_NUMERIC.search(host):
+        # An IPv4 address to URL parsers, and no top-level domain is all digits (RFC 3696).
+        return f"{host!r} is neither a host name nor an IP address"
     if address is None and not _valid_host_name(host):
         return f"{host!r} is not a valid host name"
     if allow_private:
@@ -258,7 +266,29 @@ def _valid_host_name(host: str) -> bool:
         ascii_host = idna.encode(host.lower()).decode() if not host.isascii() else host
     except idna.IDNAError:
         return False
-    return len(ascii_host) <= 253 and _HOST.fullmatch(ascii_host) is not None
+    if len(ascii_host) > 253 or _HOST.fullmatch(ascii_host) is None:
+        return False
+    labels = ascii_host.rstrip(".").split(".")
+    return all(len(label) <= 63 and _punycode_ok(label) for label in labels)
+
+
+def _punycode_ok(label: str) -> bool:
+    """An "xn--" label must decode (a bad one fails at delivery, in httpx's IDNA step)."""
+    if not label.lower().startswith("xn--"):
+        return True
+    try:
+        idna.decode(label)
+    except (idna.IDNAError, UnicodeError):
+        return False
+    return True
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _local_name(host: str) -> str | None:
