@@ -68,3 +68,30 @@ def test_the_guides_cover_what_the_issues_ask_for() -> None:
     assert "Upstash" in _section(deploy, "## Choosing Redis on Fly")
     capacity = _section((ROOT / "docs" / "scaling.md").read_text(), "## Capacity model")
     assert all(f"| {rate} |" in capacity for rate in ("10k", "100k", "1M"))
+
+
+def test_the_readme_metrics_table_gives_each_metric_its_labels() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from app.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    labels = {}
+    for collector in list(registry._collector_to_names):  # noqa: SLF001 - the registry lists no collectors
+        for name in registry._collector_to_names[collector]:  # noqa: SLF001
+            labels[name] = tuple(getattr(collector, "_labelnames", ()))
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| metric | labels | what |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in table.strip().splitlines()[1:]]
+    checked = 0
+    for cells in rows:
+        documented = tuple(part.strip("` ") for part in cells[1].split(",") if part.strip())
+        for name in (part.strip("` ") for part in cells[0].split(",")):
+            if name in labels:
+                assert documented == labels[name], name
+                checked += 1
+    assert checked >= 10
+    counted = {name.removesuffix("_total") for cells in rows for name in (p.strip("` ") for p in cells[0].split(","))}
+    undocumented = {n for n in labels if not n.endswith(("_created", "_bucket", "_count", "_sum", "_total"))} - counted
+    assert undocumented == set()
