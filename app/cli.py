@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("--data-dir", default=None, help="data folder (default: $EVENTFLOW_DATA_DIR/redis)")
     embedded.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="everysec",
                           help="AOF fsync policy (`always` for EVENTFLOW_DURABILITY=fsync)")
-    embedded.add_argument("--cluster", type=_at_least_one, default=0, metavar="PRIMARIES",
+    embedded.add_argument("--cluster", type=cli_ops.at_least_one, default=0, metavar="PRIMARIES",
                           help="form a Valkey Cluster of this many primaries instead (ports chosen freely)")
     embedded.set_defaults(handler=devstack.run_embedded)
 
@@ -97,14 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _port(text: str) -> int:
     """argparse type: a TCP port (granian and Valkey fail on others with a traceback, not a message)."""
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
-    return int(text)
-
-
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
 
 

@@ -16,13 +16,20 @@ from app.events import parse_time
 from app.settings import Settings
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a limit of 0 or -5 listed nothing, silently)."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def add_parsers(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="list, inspect, replay and discard dead letters",
                          description="Dead letters are deliveries that failed for good in one consumer group.")
     dsub = dlq.add_subparsers(title="dead-letter commands", metavar="ACTION")
     lst = dsub.add_parser("list", help="dead letters, newest first")
     _filters(lst)
-    lst.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    lst.add_argument("--limit", type=at_least_one, default=50, help="at most this many (default 50)")
     lst.set_defaults(handler=_run(_list))
     show = dsub.add_parser("show", help="one dead letter with its event and last error")
     show.add_argument("id", help="dead-letter id, as `dlq list` prints it (<partition>:<entry id>)")

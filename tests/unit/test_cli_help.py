@@ -103,7 +103,9 @@ def test_every_command_line_the_issues_name_parses(command: str) -> None:
 
 
 @pytest.mark.parametrize("args", [("dev", "--port", "0"), ("serve", "--port", "70000"),
-                                  ("embedded-redis", "--port", "-1"), ("embedded-redis", "--cluster", "-1")],
+                                  ("embedded-redis", "--port", "-1"), ("embedded-redis", "--cluster", "-1"),
+                                  ("dlq", "list", "--limit", "0"), ("dlq", "list", "--limit", "-5"),
+                                  ("dev", "--port", "²")],
                          ids=" ".join)
 def test_a_port_or_a_count_out_of_range_is_a_usage_error(
     args: tuple[str, ...], capsys: pytest.CaptureFixture[str]
@@ -111,4 +113,4 @@ def test_a_port_or_a_count_out_of_range_is_a_usage_error(
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(list(args))
     assert done.value.code == 2
-    assert f"argument {args[1]}" in capsys.readouterr().err
+    assert f"argument {args[-2]}" in capsys.readouterr().err
