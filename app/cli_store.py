@@ -55,11 +55,13 @@ def _types(sub: Any) -> None:
     version.add_argument("name", help="the event type")
     version.add_argument("number", type=int, help="the version (1, 2, ...)")
     version.set_defaults(handler=_run(lambda svc, a: svc.schemas.version(a.name, a.number)))
-    check = tsub.add_parser("validate", help="dry run: check a sample event (JSON file) without storing it")
+    check = tsub.add_parser("validate", help="dry run: check a sample event (JSON file) without storing it",
+                            description="Print what ingest would do with the sample, and exit 1 when it fails the "
+                            "type's schema or would be rejected (0 otherwise), so a build can check samples.")
     check.add_argument("name", help="the event type")
     check.add_argument("event", type=Path, help="the event as it would be POSTed ('-' reads standard input)")
     check.add_argument("--version", type=int, help="check against this version (default: the current one)")
-    check.set_defaults(handler=_run(_validate))
+    check.set_defaults(handler=_run(_validate, failed=lambda v: v.outcome == "rejected" or not v.valid))
     types.set_defaults(handler=lambda a, s: (types.print_help(), 2)[1])
 
 
@@ -155,7 +157,9 @@ def _read_json(path: Path) -> Any:
         raise MalformedBody(f"{path} is not valid JSON: {exc}") from None
 
 
-def _run(action: Action) -> Callable[[argparse.Namespace, Settings], int]:
+def _run(action: Action, failed: Callable[[Any], bool] | None = None) -> Callable[[argparse.Namespace, Settings], int]:
+    """A command handler: run `action`, print its result as JSON; exit 1 when `failed(result)`."""
+
     def handler(args: argparse.Namespace, settings: Settings) -> int:
         from app.connections import connect  # local imports: keep `eventflow --help` fast
         from app.schemas import SchemaConflict
@@ -176,7 +180,7 @@ def _run(action: Action) -> Callable[[argparse.Namespace, Settings], int]:
             print(f"eventflow: {exc.detail.replace('send force=true', 'give --force')}", file=sys.stderr)
             return 1
         print(_pretty(result))
-        return 0
+        return 1 if failed is not None and failed(result) else 0
 
     return handler
 

@@ -300,7 +300,10 @@ async def test_the_cli_registers_versions_and_dry_runs(services: Services, setti
     sample = tmp_path / "sample.json"
     sample.write_text(json.dumps({"data": {"amount": -1}}))
     code, verdict, err = await cli("types", "validate", "order.created", str(sample))
-    assert code == 0, err
+    assert code == 1, err  # a failing sample fails the command, so a build can check its samples
     assert (verdict["outcome"], verdict["errors"][0]["pointer"]) == ("rejected", "/data/amount")
+    sample.write_text(json.dumps({"data": {"amount": 1}}))
+    code, verdict, err = await cli("types", "validate", "order.created", str(sample))
+    assert (code, verdict["outcome"], verdict["valid"]) == (0, "accepted", True), err
     code, _, err = await cli("types", "validate", "order.created", str(tmp_path / "missing.json"))
     assert code != 0 and b"cannot read" in err and b"Traceback" not in err
