@@ -7,6 +7,7 @@
     ├── MalformedHeader        400, e.g. a header ingest reads given twice
     ├── UnsupportedMediaType   415
     ├── PayloadTooLarge        413
+    ├── RequestTimeout         408, the body did not arrive in time
     ├── Unauthorized           401, missing or unknown producer key
     ├── Forbidden              403, e.g. a body claiming another producer's source
     ├── NotFound               404
@@ -79,6 +80,11 @@ class UnsupportedMediaType(EventFlowError):
 class PayloadTooLarge(EventFlowError):
     status = 413
     title = "Payload too large"
+
+
+class RequestTimeout(EventFlowError):
+    status = 408
+    title = "Request timeout"
 
 
 class Unauthorized(EventFlowError):

@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_max_connections: int = 200
     retry_after_s: int = 1
     max_body_bytes: int = 1_048_576
+    body_timeout_s: float = 30.0  # an ingest body that has not fully arrived by then is a 408
     max_batch: int = 1000
     idempotency_window_s: int = 86_400
     producer_rate_limit: float = 0.0  # events per second per producer, shared by all web processes; 0: off
@@ -101,6 +102,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.partitions >= 1, "EVENTFLOW_PARTITIONS must be at least 1"),
             (self.max_batch >= 1, "EVENTFLOW_MAX_BATCH must be at least 1"),
             (self.max_body_bytes >= 1024, "EVENTFLOW_MAX_BODY_BYTES must be at least 1024"),
+            (0 < self.body_timeout_s <= 3600, "EVENTFLOW_BODY_TIMEOUT_S must be more than 0 and at most 3600"),
             (self.idempotency_window_s >= 1, "EVENTFLOW_IDEMPOTENCY_WINDOW_S must be at least 1"),
             (self.producer_rate_limit >= 0, "EVENTFLOW_PRODUCER_RATE_LIMIT must be 0 (off) or positive"),
             (self.redis_timeout_s > 0, "EVENTFLOW_REDIS_TIMEOUT_S must be positive"),
@@ -182,6 +184,7 @@ ENV_VARS: dict[str, str] = {
     "EVENTFLOW_REDIS_MAX_CONNECTIONS": "redis_max_connections",
     "EVENTFLOW_RETRY_AFTER_S": "retry_after_s",
     "EVENTFLOW_MAX_BODY_BYTES": "max_body_bytes",
+    "EVENTFLOW_BODY_TIMEOUT_S": "body_timeout_s",
     "EVENTFLOW_MAX_BATCH": "max_batch",
     "EVENTFLOW_IDEMPOTENCY_WINDOW_S": "idempotency_window_s",
     "EVENTFLOW_PRODUCER_RATE_LIMIT": "producer_rate_limit",

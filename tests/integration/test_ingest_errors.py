@@ -289,3 +289,20 @@ async def test_a_streamed_body_without_content_length_over_the_limit_is_413(
         assert "content-length" not in resp.request.headers
         assert_problem(resp, 413)
     assert await stored(redis, settings) == 0
+
+
+async def test_a_body_that_stops_arriving_is_a_408_and_stores_nothing(
+    make_client: MakeClient, auth: dict[str, str], redis: Redis, settings: Settings
+) -> None:
+    # A producer that declares more than it sends (or stalls mid-body) held its request, and a task,
+    # open for as long as the connection lived.
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b'{"type": "t", "data": "'
+        await asyncio.sleep(30)
+        yield b'"}'
+
+    async with make_client(body_timeout_s=0.3) as c:
+        resp = await asyncio.wait_for(c.post("/v1/events", content=stalls(), headers={**auth, **JSON}), 10)
+        problem = assert_problem(resp, 408)
+        assert "EVENTFLOW_BODY_TIMEOUT_S" in problem["detail"]
+    assert await stored(redis, settings) == 0
