@@ -32,7 +32,6 @@ ONE, BATCH = "/v1/events", "/v1/events/batch"
 RAW_SEND = "eventflow.raw_send"  # the server's own `send`, for SSE bodies (app/web/sse.py)
 _SWEEP_S = 1.0  # how often body reads are checked against EVENTFLOW_BODY_TIMEOUT_S
 _EXPIRED = -1.0
-_LATE = object()  # what _body_in_time answers for a body that did not arrive in time
 _encode = msgspec.json.Encoder().encode
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch  # what quote(safe='') leaves as it is
 _JSON = [(b"content-type", b"application/json")]
@@ -114,8 +113,8 @@ class IngestFastPath:
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
-    async def _body_in_time(self, receive: Any, headers: Mapping[str, str], settings: Settings) -> object:
-        """The body (None: too large), or _LATE when it has not all arrived within
+    async def _body_in_time(self, receive: Any, headers: Mapping[str, str], settings: Settings) -> bytes | None:
+        """The body (None: too large); RequestTimeout when it has not all arrived within
         EVENTFLOW_BODY_TIMEOUT_S (a producer that stalls, or declares more than it sends, would
         otherwise hold its connection and a task for as long as the socket lives)."""
         task = asyncio.current_task()
@@ -131,7 +130,8 @@ class IngestFastPath:
             if self._reading.get(task) != _EXPIRED:
                 raise
             task.uncancel()
-            return _LATE
+            raise RequestTimeout(
+                f"the body did not arrive within {settings.body_timeout_s:g} s (EVENTFLOW_BODY_TIMEOUT_S)") from None
         finally:
             self._reading.pop(task, None)
 
@@ -155,13 +155,13 @@ class IngestFastPath:
         state = (self.litestar or scope["app"]).state
         svc: Services = state["services"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = await self._body_in_time(receive, headers, svc.settings)
-        if body is _LATE:
-            answer = _problem(path, RequestTimeout(
-                f"the body did not arrive within {svc.settings.body_timeout_s:g} s (EVENTFLOW_BODY_TIMEOUT_S)"))
-        elif body is None:
-            answer = _problem(path, PayloadTooLarge(
-                f"the body is larger than {svc.settings.max_body_bytes} bytes (EVENTFLOW_MAX_BODY_BYTES)"))
+        try:
+            body = await self._body_in_time(receive, headers, svc.settings)
+            if body is None:
+                raise PayloadTooLarge(
+                    f"the body is larger than {svc.settings.max_body_bytes} bytes (EVENTFLOW_MAX_BODY_BYTES)")
+        except (RequestTimeout, PayloadTooLarge) as exc:
+            answer = _problem(path, exc)
         else:
             # Fewer names than header lines: some header is repeated (the dict kept its last copy).
             raw = scope["headers"] if len(headers) < len(scope["headers"]) else ()
