@@ -26,3 +26,34 @@ def test_an_event_with_a_very_long_type_and_source_fits_the_page(open_page: Any,
         page.goto(f"/events/{posted['entry_id']}")
         expect(page.locator("main h1")).to_contain_text("verylongtypename")
         assert _overflow(page) == 0, width
+
+
+def test_a_producer_whose_name_holds_a_slash_can_be_limited_rotated_and_revoked(open_page: Any) -> None:
+    page = open_page("admin")
+    register_producer(page, "team/billing")
+    page.goto("/producers")
+    row = page.locator('tr[data-producer="team/billing"]')
+    row.locator("summary", has_text="Change").click()
+    row.get_by_label("Event types team/billing may send").fill("invoice.*")
+    row.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("“team/billing” may now send: invoice.*")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('tr[data-producer="team/billing"]').get_by_role("button", name="Rotate key").click()
+    expect(page.get_by_role("heading", name="New key for “team/billing”")).to_be_visible()
+    assert page.locator("#producer-key").input_value().startswith("efk_")
+
+    page.goto("/producers")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('tr[data-producer="team/billing"]').get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("status")).to_contain_text("Revoked producer “team/billing”")
+    expect(page.locator('tr[data-producer="team/billing"]')).to_contain_text("revoked")
+
+
+def test_an_unknown_producer_action_is_a_not_found_page(open_page: Any) -> None:
+    page = open_page("admin")
+    page.goto("/producers")
+    token = page.locator("form[action='/logout'] input[name=csrf_token]").get_attribute("value")
+    resp = page.request.post("/producers/team/billing/explode", form={"csrf_token": str(token)}, max_redirects=0)
+    assert resp.status == 404
+    assert resp.headers["content-type"].startswith("text/html")

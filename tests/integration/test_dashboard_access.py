@@ -185,6 +185,9 @@ def _mutation_routes(settings: Settings) -> list[str]:
     for route in app.routes:
         if route.path.startswith(("/v1", "/login", "/schema")) or "POST" not in getattr(route, "methods", ()):
             continue
+        if route.path == "/producers/{target:path}":  # one route for a producer's three actions
+            paths += [f"/producers/x/{action}" for action in ("rotate", "types", "revoke")]
+            continue
         path = re.sub(r"\{(?!action)[^}]+\}", "x", route.path)
         actions = ("enable", "disable", "delete", "rotate-secret") if "{action" in path else ("",)
         paths += [re.sub(r"\{action[^}]*\}", action, path) for action in actions]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get, post
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
@@ -50,8 +51,7 @@ async def create_producer(request: AnyRequest) -> Response[Any]:
     return _key_page(request, issued, rotated=False)
 
 
-@post("/producers/{name:str}/rotate", include_in_schema=False, status_code=200)
-async def rotate_producer(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+async def rotate_producer(request: AnyRequest, name: str) -> Response[Any]:
     return _key_page(request, await services(request).producers.rotate(name), rotated=True)
 
 
@@ -60,8 +60,7 @@ def _types(value: object) -> list[str]:
     return [t for t in str(value or "").replace(",", " ").split() if t]
 
 
-@post("/producers/{name:str}/types", include_in_schema=False, status_code=303)
-async def limit_producer_types(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+async def limit_producer_types(request: AnyRequest, name: str) -> Response[Any]:
     types = _types((await request.form()).get("types"))
     try:
         await services(request).producers.limit_types(name, types)
@@ -73,11 +72,25 @@ async def limit_producer_types(request: AnyRequest, name: FromPath[str]) -> Resp
     return Redirect("/producers", status_code=303)
 
 
-@post("/producers/{name:str}/revoke", include_in_schema=False, status_code=303)
-async def revoke_producer(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+async def revoke_producer(request: AnyRequest, name: str) -> Response[Any]:
     await services(request).producers.revoke(name)
     await flash(request, f"Revoked producer “{name}”: its key stopped working.")
     return Redirect("/producers", status_code=303)
+
+
+_PRODUCER_ACTIONS = {"rotate": rotate_producer, "types": limit_producer_types, "revoke": revoke_producer}
+
+
+@post("/producers/{target:path}", include_in_schema=False, status_code=303)
+async def producer_action(request: AnyRequest, target: FromPath[str]) -> Response[Any]:
+    """`/producers/<name>/rotate|types|revoke`. One route for the three, because a producer's name
+    may hold a `/`: the server decodes the form's `%2F` before routing, so `{name:str}` never
+    matched `team/billing` and those producers could not be changed here."""
+    name, _, action = target.strip("/").rpartition("/")
+    handler = _PRODUCER_ACTIONS.get(action)
+    if not name or handler is None:
+        raise NotFoundException(f"no producer action at /producers{target}")
+    return await handler(request, name)
 
 
 # -- dead letters ---------------------------------------------------------------------------------
@@ -154,5 +167,5 @@ async def dead_letter_page(request: AnyRequest, ident: FromPath[str]) -> Respons
     return page(request, "dead_letter.html", nav="dead-letters", letter=letter)
 
 
-ROUTES = [producers_page, create_producer, rotate_producer, limit_producer_types, revoke_producer, dead_letters_page,
-          confirm_dead_letters, replay_dead_letters, discard_dead_letters, dead_letter_page]
+ROUTES = [producers_page, create_producer, producer_action, dead_letters_page, confirm_dead_letters,
+          replay_dead_letters, discard_dead_letters, dead_letter_page]
