@@ -123,3 +123,12 @@ class Unavailable(EventFlowError):
     def __init__(self, detail: str, retry_after_s: int = 1) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+def message_of(exc: BaseException) -> str:
+    """`str(exc)`, or a stand-in when its `__str__` itself fails: a handler's odd exception must never
+    stop its failure being recorded (the event would be redelivered for ever, never dead-lettered)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - whatever __str__ raised, the failure is still recorded
+        return f"<unprintable {type(exc).__name__}>"

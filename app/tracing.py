@@ -18,6 +18,7 @@ import time
 from typing import Any, NamedTuple
 
 from app import __version__
+from app.errors import message_of
 from app.ids import new_span_id, new_traceparent, valid_traceparent
 from app.settings import Settings
 
@@ -116,8 +117,9 @@ class Tracer:
 
         status = Status(StatusCode.UNSET)
         if error is not None:
-            attributes = {**attributes, "exception.type": type(error).__name__, "exception.message": str(error)[:500]}
-            status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500])
+            message = message_of(error)
+            attributes = {**attributes, "exception.type": type(error).__name__, "exception.message": message[:500]}
+            status = Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:500])
         span = ReadableSpan(
             name, context(ctx, False), context(parent, True) if parent else None, self.resource, attributes,
             kind=SpanKind[kind], status=status, start_time=start_ns, end_time=end_ns,

@@ -26,7 +26,8 @@ from app.ids import new_span_id
 
 
 class Retry(Exception):
-    """Ask for another attempt after `delay_s` seconds."""
+    """Ask for another attempt after `delay_s` seconds (a delay that is no finite number gets the
+    backoff; one past EVENTFLOW_ATTEMPTS_TTL_S is cut to it, so the attempt count is not forgotten)."""
 
     def __init__(self, delay_s: float, reason: str = "retry requested") -> None:
         super().__init__(reason)

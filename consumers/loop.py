@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, is_missing_group, now_ms
+from app.errors import message_of
 from app.errortrack import ErrorTracker, reporter_from_settings
 from app.events import stored_partition_key
 from app.ids import entry_key, trace_id
@@ -353,12 +356,16 @@ class GroupLoop:
             await self.consumer.handler(delivery)
         except Permanent as exc:
             self._ran(delivery, started, exc)
-            await self._dead(delivery, "permanent", str(exc), type(exc).__name__, started, exc)
+            await self._dead(delivery, "permanent", message_of(exc), type(exc).__name__, started, exc)
             return False
         except Retry as exc:
             self._ran(delivery, started, exc)
             return await self._failed(delivery, exc, exc.delay_s, started)
-        except Exception as exc:  # noqa: BLE001 - every other failure is transient by contract
+        except BaseException as exc:  # every other failure is transient by contract
+            # Not only Exceptions: a BaseException (or a CancelledError not aimed at this task) that
+            # escaped here killed the lane with the event in hand, its lease renewed for ever.
+            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                raise
             self._ran(delivery, started, exc)
             return await self._failed(delivery, exc, None, started)
         elapsed = time.perf_counter() - started  # inlined _ran(): this is the path every event takes
@@ -376,11 +383,11 @@ class GroupLoop:
         if self.tracer is not None:
             self.tracer.delivery(delivery, elapsed, exc)
 
-    async def _failed(self, delivery: Delivery, exc: Exception, delay_s: float | None, started: float) -> bool:
+    async def _failed(self, delivery: Delivery, exc: BaseException, delay_s: object, started: float) -> bool:
         if delivery.attempt >= self.consumer.max_attempts:
-            await self._dead(delivery, "max-attempts", str(exc), type(exc).__name__, started, exc)
+            await self._dead(delivery, "max-attempts", message_of(exc), type(exc).__name__, started, exc)
             return False
-        wait_s = delay_s if delay_s is not None else self.consumer.backoff.delay_s(delivery.attempt)
+        wait_s = self._wait_s(delivery.attempt, delay_s)
         record = self._attempt(delivery, "failed", started, exc)
         record.next_at_ms = now_ms() + int(wait_s * 1000)
         if self.ordered:  # retried in place: the key's later events wait behind it
@@ -391,9 +398,10 @@ class GroupLoop:
         self._outcome["failed"].n += 1
         self._retries.inc()
         context = self._context(delivery)
-        self.observers.errors.note(self.consumer.name, type(exc).__name__, str(exc), delivery.id, exc=exc,
+        message = message_of(exc)
+        self.observers.errors.note(self.consumer.name, type(exc).__name__, message, delivery.id, exc=exc,
                                    trace_id=context["trace_id"])  # type: ignore[arg-type]
-        log.warning("delivery failed; retrying in %.2f s: %s: %s", wait_s, type(exc).__name__, exc,
+        log.warning("delivery failed; retrying in %.2f s: %s: %s", wait_s, type(exc).__name__, message,
                     extra=context)
         if not self.ordered:
             return False
@@ -414,11 +422,21 @@ class GroupLoop:
                                    exc=exc, trace_id=context["trace_id"])  # type: ignore[arg-type]
         log.error("dead-lettered (%s): %s", reason, error, extra=context)
 
-    def _attempt(self, delivery: Delivery, outcome: str, started: float, exc: Exception | None = None) -> Attempt:
+    def _wait_s(self, attempt: int, delay_s: object) -> float:
+        """The wait before the next attempt: Retry's delay when it is a finite number of seconds, else
+        the backoff; never below 0 nor past EVENTFLOW_ATTEMPTS_TTL_S, after which the attempt count
+        would be forgotten (an event always asking for a long retry would never be dead-lettered)."""
+        wait_s = _seconds(delay_s)
+        if wait_s is None:  # NaN, infinity, a string...: not a due time (NaN made none at all)
+            wait_s = self.consumer.backoff.delay_s(attempt)
+        return max(0.0, min(wait_s, float(self.dispatch.settings.attempts_ttl_s)))
+
+    def _attempt(self, delivery: Delivery, outcome: str, started: float, exc: BaseException | None = None) -> Attempt:
         return Attempt(
             attempt=delivery.attempt, outcome=outcome, at_ms=now_ms(), consumer=self.name,
             duration_ms=round((time.perf_counter() - started) * 1000, 3) if started else None,
-            error_type=type(exc).__name__ if exc else None, error=str(exc)[:2000] if exc else None,
+            error_type=type(exc).__name__ if exc is not None else None,
+            error=message_of(exc)[:2000] if exc is not None else None,
             span_id=delivery.span_id,
         )
 
@@ -429,6 +447,23 @@ class GroupLoop:
             "attempt": delivery.attempt, "entry_id": delivery.entry_id,
             "trace_id": trace_id(parent) if len(parent) == 55 else None, "span_id": delivery.span_id,
         }
+
+
+def _seconds(value: object) -> float | None:
+    """`value` as a finite number of seconds, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond a float: longer than any wait allowed anyway
+        return sys.float_info.max
+    return seconds if math.isfinite(seconds) else None
+
+
+def _being_cancelled() -> bool:
+    """True when this task was told to stop (shutdown), not merely handed a CancelledError."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -557,3 +559,101 @@ async def test_a_group_that_starts_now_skips_the_events_already_in_the_log(
     await asyncio.sleep(0.2)
     assert seen["fresh"] == after
     assert seen["all"] == before + after
+
+
+class _Escaped(BaseException):
+    """Not an Exception: what a library's own control flow (a timeout, a greenlet exit) may raise."""
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+class _UnprintablePermanent(Permanent):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+async def _settles(services: Services, make: Callable[[], BaseException], ordered: bool,
+                   run_consumers: Callable[..., Runner]) -> list[Any]:
+    """Run a consumer whose handler raises `make()` for one event; the next event must still be
+    handled and the bad one dead-lettered, well within the 30 s lease. Returns its dead letters."""
+    handled: list[Any] = []
+
+    async def handler(delivery: Delivery) -> None:
+        if delivery.data == "bad":
+            raise make()
+        handled.append(delivery.data)
+
+    run_consumers(Consumer("odd", handler, max_attempts=2, concurrency=1, ordered=ordered,
+                           backoff=Backoff(base_s=0.05, jitter=0)))
+    await post(services, b'{"type":"t","data":"bad"}')
+    await post(services, b'{"type":"t","data":"good"}')
+
+    async def settled() -> bool:
+        return handled == ["good"] and bool(await services.dead_letters.list(Filter(group="odd")))
+
+    await wait_for(settled, 5)
+    return await services.dead_letters.list(Filter(group="odd"))
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+@pytest.mark.parametrize("make", [lambda: _Escaped("escaped"), lambda: asyncio.CancelledError("inner")],
+                         ids=["BaseException", "CancelledError"])
+async def test_a_handler_raising_a_base_exception_is_retried_and_dead_lettered_not_stuck(
+    services: Services, run_consumers: Callable[..., Runner], make: Callable[[], BaseException], ordered: bool
+) -> None:
+    # It escaped `except Exception`: the lane died with the event in hand, its lease renewed for ever.
+    [letter] = await _settles(services, make, ordered, run_consumers)
+    assert (letter.reason, letter.attempts) == ("max-attempts", 2)
+    assert letter.error.startswith(type(make()).__name__)
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+@pytest.mark.parametrize(("make", "reason"), [(_Unprintable, "max-attempts"), (_UnprintablePermanent, "permanent")],
+                         ids=["transient", "permanent"])
+async def test_an_exception_whose_str_fails_is_still_retried_and_dead_lettered(
+    services: Services, run_consumers: Callable[..., Runner], make: Callable[[], BaseException], reason: str,
+    ordered: bool,
+) -> None:
+    # Recording its message raised: never scheduled, never dead-lettered, redelivered for ever.
+    [letter] = await _settles(services, make, ordered, run_consumers)
+    assert letter.reason == reason
+    assert letter.error.startswith(f"{make.__name__}: <unprintable")
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+@pytest.mark.parametrize("delay_s", [math.nan, math.inf, -math.inf, "5", None], ids=repr)
+async def test_a_retry_with_a_delay_that_is_no_number_of_seconds_gets_the_backoff(
+    services: Services, run_consumers: Callable[..., Runner], delay_s: Any, ordered: bool
+) -> None:
+    # NaN or infinity failed to become a due time: unrecorded, so an ordered consumer ran it in a tight
+    # loop and an unordered one waited out the lease each time.
+    [letter] = await _settles(services, lambda: Retry(delay_s=delay_s), ordered, run_consumers)
+    assert (letter.reason, letter.attempts) == ("max-attempts", 2)
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+async def test_a_retry_delay_is_cut_to_how_long_attempt_records_are_kept(
+    redis: Redis, settings: Settings, ordered: bool
+) -> None:
+    # Retry(1e300) parked the event for ever; any delay past EVENTFLOW_ATTEMPTS_TTL_S outlived the
+    # attempt count, so an event that always asks for a long retry was never dead-lettered.
+    settings = msgspec.structs.replace(settings, attempts_ttl_s=1)
+    services = Services(redis, settings)
+    runners: list[Runner] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(*consumers: Consumer, name: str = "w1") -> Runner:
+        runners.append(Runner(list(consumers), redis, settings, name))
+        tasks.append(asyncio.create_task(runners[-1].run()))
+        return runners[-1]
+
+    try:
+        [letter] = await _settles(services, lambda: Retry(delay_s=1e300), ordered, start)
+    finally:
+        for runner in runners:
+            runner.stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert (letter.reason, letter.attempts) == ("max-attempts", 2)
