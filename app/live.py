@@ -366,6 +366,11 @@ class LiveHub:
                         sub.offer(batch)
         return len(messages)
 
+    async def tail_cursor(self) -> str:
+        """A cursor at the log's current end: a subscriber given it gets everything appended after
+        this call (a page takes it before its query, so nothing falls between page and feed)."""
+        return ",".join(await self._tails())
+
     async def _tails(self) -> list[str]:
         pipe = self.redis.pipeline(transaction=False)
         for p in range(self.keys.partitions):

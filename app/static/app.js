@@ -13,12 +13,21 @@
     badge.textContent = state === "live" ? "Live" : "Reconnecting…";
   }
 
-  /* An EventSource that comes back after the server refused it (a 503 closes it for good). */
+  /* An EventSource that comes back after the server refused it (a 503 closes it for good). The
+     browser resends the last SSE id only on its own reconnects, so a new EventSource carries it in
+     the URL (`cursor`), and resumes without a gap. */
   function connect(url, handlers) {
     var delay = 1000;
     var source = null;
+    var last = "";
+    function resumeUrl() {
+      if (!last) return url;
+      var resume = new URL(url, window.location.href);
+      resume.searchParams.set("cursor", last);
+      return resume.pathname + resume.search;
+    }
     function open() {
-      source = new EventSource(url);
+      source = new EventSource(resumeUrl());
       source.onopen = function () { delay = 1000; statusBadge("live"); };
       source.onerror = function () {
         statusBadge("reconnecting");
@@ -27,7 +36,12 @@
           delay = Math.min(delay * 2, 30000);
         }
       };
-      Object.keys(handlers).forEach(function (name) { source.addEventListener(name, handlers[name]); });
+      Object.keys(handlers).forEach(function (name) {
+        source.addEventListener(name, function (e) {
+          if (e.lastEventId) last = e.lastEventId;
+          handlers[name](e);
+        });
+      });
     }
     open();
     window.addEventListener("pagehide", function () { if (source) source.close(); });

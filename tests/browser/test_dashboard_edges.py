@@ -3,6 +3,7 @@ break a layout, and producer names holding the characters their rules allow."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from playwright.sync_api import expect
@@ -57,3 +58,61 @@ def test_an_unknown_producer_action_is_a_not_found_page(open_page: Any) -> None:
     resp = page.request.post("/producers/team/billing/explode", form={"csrf_token": str(token)}, max_redirects=0)
     assert resp.status == 404
     assert resp.headers["content-type"].startswith("text/html")
+
+
+def _live(page: Any) -> None:
+    expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live")
+
+
+def test_an_event_sent_while_the_events_page_loads_appears_live(open_page: Any, stack: Stack) -> None:
+    admin = open_page("admin")
+    key = register_producer(admin, "loading")
+    page = open_page("admin")
+    sent: list[str] = []
+
+    def post_then_connect(route: Any) -> None:  # the event lands after the page, before its feed
+        if not sent:
+            sent.append(stack.post_event(key, {"type": "load.raced"})["entry_id"])
+        route.continue_()
+
+    page.route("**/live/events*", post_then_connect)
+    page.goto("/events?source=loading")
+    _live(page)
+    assert sent
+    expect(page.locator(f'tr[data-entry="{sent[0]}"]')).to_be_visible()
+    expect(page.locator("#event-rows tr")).to_have_count(1)
+
+
+def test_the_feed_resumes_where_it_stopped_after_the_server_refused_a_reconnect(
+    open_page: Any, stack: Stack
+) -> None:
+    admin = open_page("admin")
+    key = register_producer(admin, "resuming")
+    first = stack.post_event(key, {"type": "resume.first"})
+    page = open_page("admin")
+    requests: list[str] = []
+    missed: list[str] = []
+
+    def feed(route: Any) -> None:
+        requests.append(route.request.url)
+        if len(requests) == 1:  # a stream that delivers the first event, then ends (a restart)
+            row = {"entry_id": first["entry_id"], "type": "resume.first", "source": "resuming", "subject": None,
+                   "id": first["id"], "invalid": False}
+            body = f"retry: 200\n\nid: {first['entry_id']}\nevent: event\ndata: {json.dumps(row)}\n\n"
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+        elif len(requests) == 2:  # the reconnect meets a proxy answering 503: the browser gives up on it
+            missed.append(stack.post_event(key, {"type": "resume.missed"})["entry_id"])
+            route.fulfill(status=503, body="restarting")
+        else:
+            route.continue_()
+
+    page.route("**/live/events*", feed)
+    page.goto("/events?source=resuming")
+    expect(page.locator(f'tr[data-entry="{first["entry_id"]}"]')).to_be_visible()
+    for _ in range(100):  # route handlers run while Playwright waits, not while the test sleeps
+        if missed:
+            break
+        page.wait_for_timeout(100)
+    expect(page.locator(f'tr[data-entry="{missed[0]}"]')).to_be_visible()
+    _live(page)
+    assert len(requests) >= 3

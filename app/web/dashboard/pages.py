@@ -111,6 +111,9 @@ async def events_page(
     query = Query(type=filters["type"], source=filters["source"], since_ms=form_time(since, "since", problems),
                   until_ms=form_time(until, "until", problems), limit=PAGE_SIZE, cursor=cursor or None)
     events, next_cursor = [], None
+    # Taken before the query, the feed's starting point leaves no gap between the page and the feed
+    # (the page's script skips rows it already has).
+    tail = await svc.live.tail_cursor() if not cursor and not until else None
     try:
         query.after()
         result = await svc.query(query, None)
@@ -122,7 +125,8 @@ async def events_page(
         request, "events.html", nav="events", events=events, filters=filters, problems=problems,
         search_id=id or "", older_url=query_url("/events", **filters, cursor=next_cursor) if next_cursor else None,
         newest_url=query_url("/events", **filters) if cursor else None,
-        live_url=query_url("/live/events", type=filters["type"], source=filters["source"]) if live else None,
+        live_url=query_url("/live/events", type=filters["type"], source=filters["source"], cursor=tail)
+        if live else None,
     )
 
 
