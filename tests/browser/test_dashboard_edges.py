@@ -116,3 +116,15 @@ def test_the_feed_resumes_where_it_stopped_after_the_server_refused_a_reconnect(
     expect(page.locator(f'tr[data-entry="{missed[0]}"]')).to_be_visible()
     _live(page)
     assert len(requests) >= 3
+
+
+def test_the_producer_form_checks_the_name_in_the_browser_without_console_errors(open_page: Any) -> None:
+    page = open_page("admin")
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto("/producers")
+    name = page.get_by_label("Name", exact=True)
+    for value, valid in (("team/billing", True), ("a@b:c.d-e_f", True), ("bad name!", False), ("-x", False)):
+        name.fill(value)
+        assert name.evaluate("input => input.validity.valid") is valid, value
+    assert errors == []
