@@ -55,6 +55,7 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     span_id: str | None = None
 
 
+_SCRIPT_VALUES_MAX = 7000  # dead-letter fields passed to dead_letter.lua at most (Lua takes ~8,000)
 _RECLAIM_PAGES = 10  # pending-list pages one reclaim_idle call reads at most, per stream
 
 
@@ -260,7 +261,20 @@ class Dispatch:
         fields += ("_entry", entry.entry_id, "_group", group, "_reason", reason,
                    "_attempts", attempt.attempt, "_error", _error_text(attempt), "_dead_ms", attempt.at_ms)
         args = [group, entry.stream_id, entry.member, msgspec.json.encode(attempt), self.settings.attempts_ttl_s]
-        await self.scripts.dead_letter(keys, [*args, *fields])
+        if len(fields) <= _SCRIPT_VALUES_MAX:
+            await self.scripts.dead_letter(keys, [*args, *fields])
+            return
+        # A script call takes about 8,000 values (Lua's C stack: "too many results to unpack"), and an
+        # entry written straight into the stream may have more fields: the same writes in MULTI/EXEC.
+        stream, dead_letters, schedule, attempts = keys
+        pipe = transaction(self.redis)
+        pipe.execute_command("XADD", dead_letters, "*", *fields)
+        pipe.rpush(attempts, args[3])
+        pipe.ltrim(attempts, -50, -1)
+        pipe.expire(attempts, self.settings.attempts_ttl_s)
+        pipe.zrem(schedule, entry.member)
+        pipe.xack(stream, group, entry.stream_id)
+        await pipe.execute()
 
     async def last_attempt(self, group: str, entries: Sequence[Pending]) -> list[Attempt | None]:
         """The latest attempt record of each entry (None for events that never failed)."""

@@ -657,3 +657,29 @@ async def test_a_retry_delay_is_cut_to_how_long_attempt_records_are_kept(
             runner.stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert (letter.reason, letter.attempts) == ("max-attempts", 2)
+
+
+async def test_an_entry_with_more_fields_than_a_script_call_takes_is_still_dead_lettered(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    # Written straight into the stream with 5,000 fields (valid extension names): the dead-letter
+    # script failed on them (Lua takes about 8,000 values a call), so the entry was redelivered after
+    # every lease and never dead-lettered.
+    calls: list[str] = []
+
+    async def refuses(delivery: Delivery) -> None:
+        calls.append(delivery.entry_id)
+        raise Permanent("not here")
+
+    run_consumers(Consumer("wide", refuses))
+    fields = {"type": "t", "source": "ext", **{f"f{n}": str(n) for n in range(5000)}}
+    entry_id = (await redis.xadd(home_stream(settings), fields)).decode()  # type: ignore[arg-type]
+
+    async def dead() -> bool:
+        return bool(await services.dead_letters.list(Filter(group="wide")))
+
+    await wait_for(dead, 5)
+    [letter] = await services.dead_letters.list(Filter(group="wide"))
+    assert (letter.reason, letter.entry_id, calls) == ("permanent", entry_id, [entry_id])
+    assert letter.event["f4999"] == "4999"
+    assert (await redis.xinfo_groups(home_stream(settings)))[0]["pending"] == 0
