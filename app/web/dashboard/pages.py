@@ -20,7 +20,7 @@ from app.settings import Settings
 from app.store import Query
 from app.web.api import services
 from app.web.dashboard import charts
-from app.web.dashboard.render import AnyRequest, event_url, number, page, period, query_url, render
+from app.web.dashboard.render import AnyRequest, event_url, number, page, period, picker_time, query_url, render
 from app.web.dashboard.trace import trace_of
 
 PAGE_SIZE = 50
@@ -108,8 +108,9 @@ async def events_page(
         except NotFound:
             problems.append(f"No event with id “{id.strip()}”. Ids are found within the idempotency window; "
                             "older events can be found by time.")
-    query = Query(type=filters["type"], source=filters["source"], since_ms=form_time(since, "since", problems),
-                  until_ms=form_time(until, "until", problems), limit=PAGE_SIZE, cursor=cursor or None)
+    since_ms, until_ms = form_time(since, "since", problems), form_time(until, "until", problems)
+    query = Query(type=filters["type"], source=filters["source"], since_ms=since_ms, until_ms=until_ms,
+                  limit=PAGE_SIZE, cursor=cursor or None)
     events, next_cursor = [], None
     # Taken before the query, the feed's starting point leaves no gap between the page and the feed
     # (the page's script skips rows it already has).
@@ -123,6 +124,7 @@ async def events_page(
     live = not cursor and not until and not problems
     return page(
         request, "events.html", nav="events", events=events, filters=filters, problems=problems,
+        picker={"since": picker_time(since_ms), "until": picker_time(until_ms)},
         search_id=id or "", older_url=query_url("/events", **filters, cursor=next_cursor) if next_cursor else None,
         newest_url=query_url("/events", **filters) if cursor else None,
         live_url=query_url("/live/events", type=filters["type"], source=filters["source"], cursor=tail)

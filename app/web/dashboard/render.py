@@ -43,6 +43,15 @@ def iso(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def picker_time(ms: int | None) -> str:
+    """A time as `<input type=datetime-local>` takes it (UTC, to the millisecond when it has them):
+    a filter given in RFC 3339 or ms shows in the picker, and the next Filter click keeps it."""
+    if ms is None:
+        return ""
+    text = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return text + (f".{ms % 1000:03d}" if ms % 1000 else "")
+
+
 def ago(ms: int | None, now_ms: int | None = None) -> str:
     """`12 s ago`, `3 min ago`, `5 h ago`, `2 d ago`."""
     if not ms:
