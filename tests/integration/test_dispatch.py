@@ -599,12 +599,14 @@ async def _settles(services: Services, make: Callable[[], BaseException], ordere
 
 
 @pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
-@pytest.mark.parametrize("make", [lambda: _Escaped("escaped"), lambda: asyncio.CancelledError("inner")],
-                         ids=["BaseException", "CancelledError"])
+@pytest.mark.parametrize("make", [lambda: _Escaped("escaped"), lambda: asyncio.CancelledError("inner"),
+                                  lambda: SystemExit(3), lambda: KeyboardInterrupt()],
+                         ids=["BaseException", "CancelledError", "SystemExit", "KeyboardInterrupt"])
 async def test_a_handler_raising_a_base_exception_is_retried_and_dead_lettered_not_stuck(
     services: Services, run_consumers: Callable[..., Runner], make: Callable[[], BaseException], ordered: bool
 ) -> None:
-    # It escaped `except Exception`: the lane died with the event in hand, its lease renewed for ever.
+    # It escaped `except Exception`: the lane died with the event in hand, its lease renewed for ever
+    # (SystemExit and KeyboardInterrupt went on out of the event loop: the worker exited).
     [letter] = await _settles(services, make, ordered, run_consumers)
     assert (letter.reason, letter.attempts) == ("max-attempts", 2)
     assert letter.error.startswith(type(make()).__name__)
