@@ -28,13 +28,20 @@ from app.settings import Settings
 
 DEV_PRODUCER = "dev"
 DEV_ADMIN = "admin"
+WEB_KILL_TIMEOUT_S = 10
 
 
 def web_command(host: str, port: int, workers: int = 1) -> list[str]:
-    """The production web command (the Procfile's `web:` line runs the same)."""
+    """The production web command (the Procfile's `web:` line runs the same).
+
+    granian stops gracefully by waiting for every open request to end, and a dashboard's live feed
+    never ends by itself: without a kill timeout one open dashboard held a restart until the
+    platform's SIGKILL. After 10 s the feed's connections are cut and browsers reconnect with
+    Last-Event-ID; ingest requests are long done by then."""
     return [
         "granian", "--interface", "asgi", "--loop", "uvloop", "--host", host, "--port", str(port),
-        "--workers", str(workers), "--no-access-log", "--factory", "app.web:create_app_from_env",
+        "--workers", str(workers), "--no-access-log", "--workers-kill-timeout", str(WEB_KILL_TIMEOUT_S),
+        "--factory", "app.web:create_app_from_env",
     ]
 
 
