@@ -9,7 +9,9 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
+from app.connections import transaction
 from app.errors import FieldProblem, InvalidEvent, NotFound
 from app.events import Record
 from app.ids import is_entry_id
@@ -18,6 +20,7 @@ from app.scripts import Scripts
 from app.settings import Settings
 
 _SCAN_CHUNK = 500
+_SCRIPT_VALUES_MAX = 7000  # field values replay_dead.lua passes to XADD at most (Lua takes ~8,000)
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -104,9 +107,40 @@ class DeadLetters:
         """Send dead letters back to the group they failed in (and only that group)."""
         total = 0
         for partition, entry_ids in _by_partition(ids, self.keys.partitions).items():
-            args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, *entry_ids]
-            total += int(await self.scripts.replay_dead([self.keys.dead_letters(partition)], args))
+            args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, _SCRIPT_VALUES_MAX,
+                    *entry_ids]
+            replayed, wide = await self.scripts.replay_dead([self.keys.dead_letters(partition)], args)
+            total += int(replayed)
+            for entry_id in wide:
+                total += await self._replay_wide(partition, entry_id.decode())
         return total
+
+    async def _replay_wide(self, partition: int, entry_id: str) -> int:
+        """replay_dead.lua's writes for a dead letter with more fields than a script call can pass to
+        XADD, in MULTI/EXEC, watching the dead letters so a concurrent replay or discard never doubles it."""
+        key = self.keys.dead_letters(partition)
+        while True:
+            try:
+                async with transaction(self.redis) as pipe:
+                    await pipe.watch(key)
+                    got = await pipe.xrange(key, entry_id, entry_id)
+                    fields = got[0][1] if got else {}
+                    group, original = fields.get(b"_group"), fields.get(b"_entry")
+                    if group is None or original is None:
+                        return 0
+                    keep = [x for k, v in fields.items() if k == b"_entry" or not k.startswith(b"_")
+                            or k in (b"_v", b"_x") for x in (k, v)]
+                    attempts = self.keys.attempts(partition, group.decode(), original.decode())
+                    pipe.multi()
+                    pipe.execute_command("XADD", self.keys.replay(partition, group.decode()), "*", *keep,
+                                         "_replay", "dead-letter")
+                    pipe.xdel(key, entry_id)
+                    pipe.rpush(attempts, msgspec.json.encode({"attempt": 0, "outcome": "replayed", "at_ms": _now_ms()}))
+                    pipe.expire(attempts, self.settings.attempts_ttl_s)
+                    await pipe.execute()
+                    return 1
+            except WatchError:
+                continue  # replayed or discarded meanwhile: look again
 
     async def discard(self, ids: list[str]) -> int:
         total = 0

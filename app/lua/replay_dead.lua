@@ -2,10 +2,12 @@
 -- Each replay adds a "replayed" record (attempt 0: the replay gets a fresh attempt budget) to the
 -- event's attempt list in that group, so its lifecycle shows it.
 -- KEYS[1] dead-letter stream; ARGV[1] partition key prefix (replay keys share its slot),
--- ARGV[2] now (ms), ARGV[3] attempt-list TTL (s), ARGV[4..] dead-letter entry ids.
--- Returns the number replayed (missing ids are skipped).
-local replayed = 0
-for i = 4, #ARGV do
+-- ARGV[2] now (ms), ARGV[3] attempt-list TTL (s), ARGV[4] most values to XADD here,
+-- ARGV[5..] dead-letter entry ids.
+-- Returns the number replayed (missing ids are skipped) and the ids of dead letters with more fields
+-- than one call can pass to XADD (Lua's ~8,000 values), left for the caller to replay in MULTI/EXEC.
+local replayed, wide = 0, {}
+for i = 5, #ARGV do
   local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
   if entry then
     local fields, keep, group, original = entry[2], {}, nil, nil
@@ -18,7 +20,9 @@ for i = 4, #ARGV do
         keep[#keep + 1] = v
       end
     end
-    if group and original then
+    if group and original and #keep > tonumber(ARGV[4]) then
+      wide[#wide + 1] = ARGV[i]
+    elseif group and original then
       keep[#keep + 1] = '_replay'
       keep[#keep + 1] = 'dead-letter'
       redis.call('XADD', ARGV[1] .. 'replay:' .. group, '*', unpack(keep))
@@ -30,4 +34,4 @@ for i = 4, #ARGV do
     end
   end
 end
-return replayed
+return {replayed, wide}

@@ -685,3 +685,33 @@ async def test_an_entry_with_more_fields_than_a_script_call_takes_is_still_dead_
     assert (letter.reason, letter.entry_id, calls) == ("permanent", entry_id, [entry_id])
     assert letter.event["f4999"] == "4999"
     assert (await redis.xinfo_groups(home_stream(settings)))[0]["pending"] == 0
+
+
+async def test_a_dead_letter_with_more_fields_than_a_script_call_takes_is_replayed(
+    services: Services, run_consumers: Callable[..., Runner], redis: Redis, settings: Settings
+) -> None:
+    # The replay script failed on it ("too many results to unpack") after replaying the ids before it
+    # in the same call: a 500 for a replay that was half done.
+    seen: list[tuple[str, bool]] = []
+
+    async def refuses_first(delivery: Delivery) -> None:
+        seen.append((delivery.entry_id, delivery.replay))
+        if not delivery.replay:
+            raise Permanent("not yet")
+
+    run_consumers(Consumer("wide", refuses_first))
+    narrow = (await redis.xadd(home_stream(settings), {"type": "t", "source": "ext"})).decode()
+    fields = {"type": "t", "source": "ext", **{f"f{n}": str(n) for n in range(5000)}}
+    wide = (await redis.xadd(home_stream(settings), fields)).decode()  # type: ignore[arg-type]
+
+    async def dead() -> bool:
+        return len(await services.dead_letters.list(Filter(group="wide"))) == 2
+
+    await wait_for(dead, 5)
+    letters = await services.dead_letters.list(Filter(group="wide"))
+    assert await services.dead_letters.replay(sorted(dl.id for dl in letters)) == 2
+    everything = sorted([(narrow, False), (wide, False), (narrow, True), (wide, True)])
+    await wait_for(lambda: _true(sorted(seen) == everything))
+    assert await services.dead_letters.list(Filter()) == []
+    replayed = await Dispatch(redis, settings).attempts("wide", home_partition(settings), wide)
+    assert [a.outcome for a in replayed] == ["dead-lettered", "replayed", "succeeded"]
