@@ -11,6 +11,7 @@ its delivery settings. Handler outcomes:
 from __future__ import annotations
 
 import fnmatch
+import math
 import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from app.dispatch import Pending
+from app.errors import ConfigError
 from app.events import Record
 from app.ids import new_span_id
 
@@ -76,6 +78,20 @@ class Consumer:
     description: str = ""
     close: Callable[[], Awaitable[None]] | None = None  # releases the handler's resources at shutdown
 
+    def __post_init__(self) -> None:
+        # Refused at start-up, before a message is read: a lease of 0 reclaimed every delivery while
+        # it ran (dozens of deliveries a second of one event), a negative or NaN one read nothing, a
+        # mistyped `start` began at the end of the log, and one string of types was its characters.
+        problems = []
+        if not (isinstance(self.lease_s, int | float) and 0 < self.lease_s < math.inf):
+            problems.append(f"lease_s must be a positive number of seconds, not {self.lease_s!r}")
+        if self.start not in ("beginning", "now"):
+            problems.append(f"start must be 'beginning' or 'now', not {self.start!r}")
+        if isinstance(self.types, str):
+            problems.append(f"types is a list of type names or patterns: [{self.types!r}], not {self.types!r}")
+        if problems:
+            raise ConfigError(f"consumer {self.name!r}: {'; '.join(problems)}")
+
     @cached_property
     def _pattern(self) -> re.Pattern[str]:
         return re.compile("|".join(f"(?:{fnmatch.translate(t)})" for t in self.types) or "(?!)")
@@ -99,7 +115,8 @@ def consumer(name: str, *, types: Sequence[str] = ("*",), **options: Any) -> Cal
     """Decorator: `@consumer("emails", types=["user.*"])` above an async handler makes a Consumer."""
 
     def wrap(handler: Handler) -> Consumer:
-        return Consumer(name=name, handler=handler, types=tuple(types), **options)
+        # A lone string is left as it is, for Consumer to refuse (as a tuple it would be its characters).
+        return Consumer(name=name, handler=handler, types=types if isinstance(types, str) else tuple(types), **options)
 
     return wrap
 

@@ -46,3 +46,26 @@ def test_a_consumer_name_is_the_machine_plus_the_procfile_slot(environ: dict[str
 def test_eventflow_consumer_id_names_the_consumer_outright() -> None:
     settings = Settings.from_env({"EVENTFLOW_CONSUMER_ID": "billing-worker-a"})
     assert consumer_id(settings, {"FLY_MACHINE_ID": "3d8d9c4b", "PS": "worker.2"}) == "billing-worker-a"
+
+
+async def _noop(delivery: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"lease_s": 0}, "lease_s"),  # reclaimed every delivery while it ran: 200 deliveries of 5 events in 2 s
+    ({"lease_s": -1}, "lease_s"),  # read nothing at all, without a word
+    ({"lease_s": float("nan")}, "lease_s"),
+    ({"lease_s": float("inf")}, "lease_s"),
+    ({"start": "begining"}, "start"),  # a typo started the group at the end: the log was never delivered
+    ({"types": "order.*"}, "types"),  # one string is its characters: "*" wanted every event
+])
+def test_a_consumer_whose_settings_cannot_work_is_a_config_error_at_start_up(options: dict[str, object],
+                                                                             named: str) -> None:
+    from consumers.base import Consumer, consumer
+
+    with pytest.raises(ConfigError) as info:
+        Consumer("emails", _noop, **options)  # type: ignore[arg-type]
+    assert named in info.value.detail and "emails" in info.value.detail
+    with pytest.raises(ConfigError):
+        consumer("emails", **options)(_noop)  # type: ignore[arg-type]
