@@ -8,6 +8,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
+from app.keys import Keys
 from tests.browser.conftest import Stack
 from tests.browser.test_dashboard_flows import register_producer
 
@@ -146,3 +147,22 @@ def test_a_time_filter_given_in_rfc_3339_or_ms_stays_in_the_form(open_page: Any,
     expect(page.locator("#f-since")).to_have_value("2026-11-27T16:00")
     assert "since=2026-11-27T16%3A00" in page.url and "until=2100" in page.url
     expect(page.locator(f'tr[data-entry="{posted["entry_id"]}"]')).to_be_visible()
+
+
+def test_a_dead_letter_with_a_very_long_type_fits_the_overview_and_its_pages(open_page: Any, stack: Stack) -> None:
+    long_type = "direct." + "unbrokenname" * 25
+    # Written straight into the stream without a source: dead-lettered at once as invalid.
+    stack.redis.xadd(Keys(stack.prefix).stream(0), {"type": long_type, "data": "{}"})
+    stack.wait(lambda: any(f.get(b"type") == long_type.encode()
+                           for _, f in stack.redis.xrevrange(stack.dead_letters, count=50)), "the dead letter")
+    for width in (1280, 390):
+        page = open_page("viewer", width=width)
+        page.goto("/")
+        expect(page.locator(".error-list")).to_contain_text("unbrokenname")
+        assert _overflow(page) == 0, ("/", width)
+        page.locator(".error-title", has_text="unbrokenname").first.click()
+        expect(page.locator("main h1")).to_be_visible()
+        assert _overflow(page) == 0, (page.url, width)
+        for path in ("/dead-letters", "/errors", "/events"):
+            page.goto(path)
+            assert _overflow(page) == 0, (path, width)
