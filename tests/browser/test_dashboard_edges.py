@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 from playwright.sync_api import expect
 
 from app.keys import Keys
@@ -166,3 +167,23 @@ def test_a_dead_letter_with_a_very_long_type_fits_the_overview_and_its_pages(ope
         for path in ("/dead-letters", "/errors", "/events"):
             page.goto(path)
             assert _overflow(page) == 0, (path, width)
+
+
+def test_paging_back_through_the_events_ends_on_the_last_full_page(open_page: Any, stack: Stack) -> None:
+    admin = open_page("admin")
+    key = register_producer(admin, "paged")
+    resp = httpx.post(f"{stack.url}/v1/events/batch", json=[{"type": "paged.item", "data": n} for n in range(100)],
+                      headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert resp.status_code == 202, resp.text
+    page = open_page("viewer")
+    page.goto("/events?source=paged")
+    expect(page.locator("#event-rows tr")).to_have_count(50)
+    page.get_by_role("link", name="Older →").click()
+    expect(page.locator("#event-rows tr")).to_have_count(50)
+    expect(page.locator("#event-rows")).to_contain_text("paged.item")
+    # The 100 events are all shown: no button to a page with nothing on it.
+    expect(page.get_by_role("link", name="Older →")).to_have_count(0)
+    expect(page.get_by_role("link", name="← Newest")).to_be_visible()
+    page.go_back()
+    expect(page.locator("#event-rows tr")).to_have_count(50)
+    expect(page.get_by_role("link", name="Older →")).to_be_visible()

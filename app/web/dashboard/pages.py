@@ -12,6 +12,7 @@ from litestar import Response, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
+from app.archive import encode_cursor, entry_key
 from app.errors import FieldProblem, InvalidEvent, NotFound
 from app.events import parse_time
 from app.retention import Holdback
@@ -109,8 +110,9 @@ async def events_page(
             problems.append(f"No event with id “{id.strip()}”. Ids are found within the idempotency window; "
                             "older events can be found by time.")
     since_ms, until_ms = form_time(since, "since", problems), form_time(until, "until", problems)
+    # One more than a page: when the log holds exactly a page more, there is no "Older" page to offer.
     query = Query(type=filters["type"], source=filters["source"], since_ms=since_ms, until_ms=until_ms,
-                  limit=PAGE_SIZE, cursor=cursor or None)
+                  limit=PAGE_SIZE + 1, cursor=cursor or None)
     events, next_cursor = [], None
     # Taken before the query, the feed's starting point leaves no gap between the page and the feed
     # (the page's script skips rows it already has).
@@ -118,7 +120,10 @@ async def events_page(
     try:
         query.after()
         result = await svc.query(query, None)
-        events, next_cursor = result.events, result.next_cursor
+        events, next_cursor = result.events[:PAGE_SIZE], result.next_cursor
+        if len(result.events) > PAGE_SIZE:
+            last = events[-1]
+            next_cursor = encode_cursor(entry_key(last.entry_id, last.partition))
     except InvalidEvent as exc:
         problems += [_problem_text(p) for p in exc.problems]
     live = not cursor and not until and not problems
