@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from redis.asyncio import Redis
 
 from app.connections import connect
@@ -69,7 +70,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Litestar:
                         *types_api.ROUTES, *retention_api.ROUTES, apidocs.assets()],
         middleware=[IngestFastPath, web_metrics.middleware(), security_headers(settings)],
         lifespan=[lifespan, metrics_web.lifespan(web_metrics)],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, HTTPException: dashboard.unrouted_error},
         before_request=api.single_parameters,
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings, "web_metrics": web_metrics}),

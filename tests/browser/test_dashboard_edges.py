@@ -187,3 +187,18 @@ def test_paging_back_through_the_events_ends_on_the_last_full_page(open_page: An
     page.go_back()
     expect(page.locator("#event-rows tr")).to_have_count(50)
     expect(page.get_by_role("link", name="Older →")).to_be_visible()
+
+
+def test_opening_a_form_s_address_or_a_mistyped_one_shows_a_page_not_json(open_page: Any) -> None:
+    page = open_page("admin")
+    register_producer(page, "reopened")
+    page.goto("/producers")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('tr[data-producer="reopened"]').get_by_role("button", name="Rotate key").click()
+    expect(page.get_by_role("heading", name="New key for “reopened”")).to_be_visible()
+    for path, heading in ((page.url, "Not a page"), ("/producer", "Not found"), ("/logout", "Not a page")):
+        resp = page.goto(path)  # the operator opens the address again (a restored tab, Enter in the bar)
+        assert resp is not None and resp.headers["content-type"].startswith("text/html"), path
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+    resp = page.request.get("/v1/nope", headers={"Accept": "text/html"})  # the API answers in JSON still
+    assert resp.status == 404 and resp.headers["content-type"] == "application/problem+json"

@@ -17,6 +17,7 @@ from app.errors import EventFlowError, Unavailable
 from app.web import sse
 from app.web.dashboard import auth, errortrack, manage, pages, types, webhooks
 from app.web.dashboard.render import STATIC, AnyRequest, page
+from app.web.metrics import note_problem
 from app.web.problems import http_error, unexpected_error
 
 log = logging.getLogger("eventflow.web.dashboard")
@@ -61,6 +62,26 @@ def _unexpected(request: AnyRequest, exc: Exception) -> Response[Any]:
         return _domain_error(request, unavailable(exc, request.app.state.settings))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error_page(request, 500, "Something went wrong", "An unexpected error occurred; it has been logged.")
+
+
+_API_PATHS = ("/v1/", "/schema", "/healthz", "/readyz", "/metrics", "/static/", "/live/")
+_UNROUTED = {  # status: (title, detail, the problem type the API would have answered, for the metrics)
+    404: ("Not found", "There is no page at this address.", "/problems/not-found"),
+    405: ("Not a page", "This address is where a form sends its changes; it shows nothing by itself. "
+                        "Go back to the page the form was on.", "/problems/method-not-allowed"),
+}
+
+
+def unrouted_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
+    """The app's handler for HTTP errors, which are also raised before any route is found (an
+    unknown address, a GET to a form's address: a reloaded /producers/x/rotate). A browser asking
+    for a dashboard page gets an error page there, not a problem+json document; the API, as before."""
+    wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+    if wants_page and exc.status_code in _UNROUTED and not request.url.path.startswith(_API_PATHS):
+        title, detail, problem_type = _UNROUTED[exc.status_code]
+        note_problem(request, exc.status_code, problem_type)
+        return _error_page(request, exc.status_code, title, detail)
+    return http_error(request, exc)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
