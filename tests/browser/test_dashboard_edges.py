@@ -202,3 +202,23 @@ def test_opening_a_form_s_address_or_a_mistyped_one_shows_a_page_not_json(open_p
         expect(page.get_by_role("heading", name=heading)).to_be_visible()
     resp = page.request.get("/v1/nope", headers={"Accept": "text/html"})  # the API answers in JSON still
     assert resp.status == 404 and resp.headers["content-type"] == "application/problem+json"
+
+
+def _dead_letters_of(stack: Stack, event_type: str) -> int:
+    return sum(f.get(b"type") == event_type.encode() for _, f in stack.redis.xrange(stack.dead_letters))
+
+
+def test_discard_all_discards_only_the_dead_letters_the_operator_confirmed(open_page: Any, stack: Stack) -> None:
+    stream = Keys(stack.prefix).stream(0)
+    for _ in range(2):  # no source: invalid, dead-lettered at once in each of the three groups
+        stack.redis.xadd(stream, {"type": "confirm.me", "data": "{}"})
+    stack.wait(lambda: _dead_letters_of(stack, "confirm.me") == 6, "the dead letters")
+    page = open_page("admin")
+    page.goto("/dead-letters?group=recorder&type=confirm.me")
+    page.get_by_role("button", name="Discard all").click()
+    expect(page.get_by_role("heading", name="Discard 2 dead letters?")).to_be_visible()
+    stack.redis.xadd(stream, {"type": "confirm.me", "data": "{}"})  # one more fails meanwhile
+    stack.wait(lambda: _dead_letters_of(stack, "confirm.me") == 9, "the newer dead letters")
+    page.get_by_role("button", name="Discard 2 dead letters").click()
+    expect(page.get_by_role("status")).to_have_text("Discarded 2 of 2 selected dead letters.")
+    expect(page.locator("tr", has_text="confirm.me")).to_have_count(1)  # the newer one, never confirmed

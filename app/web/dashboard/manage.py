@@ -11,6 +11,7 @@ from litestar import Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
+from msgspec.structs import replace
 
 from app.deadletters import Filter
 from app.errors import Conflict, InvalidEvent
@@ -132,7 +133,13 @@ async def confirm_dead_letters(
         return Redirect(back, status_code=303)
     sample = [await svc.dead_letters.get(i) for i in ids[:10]]
     return page(request, "dead_letters_confirm.html", nav="dead-letters", action=action, label=_ACTIONS[action],
-                ids=ids, everything=everything, flt=flt, sample=sample, back=back)
+                ids=ids, everything=everything, flt=flt, sample=sample, back=back, until_ms=_after_newest(ids))
+
+
+def _after_newest(ids: list[str]) -> int:
+    """The dead-letter time just after the newest of `ids` (`<partition>:<ms>-<seq>`): "all matching"
+    is confirmed with this bound, so what fails after the confirmation page was shown is left alone."""
+    return max(int(i.rpartition(":")[2].partition("-")[0]) for i in ids) + 1
 
 
 async def _act(request: AnyRequest, action: str) -> Response[Any]:
@@ -140,7 +147,8 @@ async def _act(request: AnyRequest, action: str) -> Response[Any]:
     form = await request.form()
     flt = _filter(form.get("group"), form.get("type"), form.get("source"))
     if form.get("which") == "all":
-        ids = await svc.dead_letters.matching_ids(flt)
+        until = str(form.get("until_ms", ""))
+        ids = await svc.dead_letters.matching_ids(replace(flt, until_ms=int(until) if until.isdigit() else None))
     else:
         ids = list(dict.fromkeys(str(i) for i in form.getall("id", [])))
     done = await (svc.dead_letters.replay(ids) if action == "replay" else svc.dead_letters.discard(ids))
