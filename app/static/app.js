@@ -32,7 +32,7 @@
       source.onerror = function () {
         statusBadge("reconnecting");
         if (source.readyState === EventSource.CLOSED) {
-          window.setTimeout(open, delay);
+          window.setTimeout(retry, delay);
           delay = Math.min(delay * 2, 30000);
         }
       };
@@ -42,6 +42,13 @@
           handlers[name](e);
         });
       });
+    }
+    /* A refused stream may mean the session ended (logged out, expired): then the page itself
+       redirects to the login page, so load it; otherwise (a 503, a proxy's 502) try again. */
+    function retry() {
+      fetch(window.location.href, { redirect: "manual", credentials: "same-origin" }).then(function (r) {
+        if (r.type === "opaqueredirect" || r.status === 401) window.location.reload(); else open();
+      }, open);
     }
     open();
     window.addEventListener("pagehide", function () { if (source) source.close(); });

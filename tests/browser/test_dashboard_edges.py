@@ -4,6 +4,7 @@ break a layout, and producer names holding the characters their rules allow."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -222,3 +223,15 @@ def test_discard_all_discards_only_the_dead_letters_the_operator_confirmed(open_
     page.get_by_role("button", name="Discard 2 dead letters").click()
     expect(page.get_by_role("status")).to_have_text("Discarded 2 of 2 selected dead letters.")
     expect(page.locator("tr", has_text="confirm.me")).to_have_count(1)  # the newer one, never confirmed
+
+
+def test_a_live_page_whose_session_ended_goes_to_the_login_page(open_page: Any, stack: Stack) -> None:
+    page = open_page("viewer")
+    page.goto("/events")
+    _live(page)
+    other = page.context.new_page()  # the operator logs out in another tab
+    other.goto("/")
+    other.get_by_role("button", name="Log out").click()
+    # The feed ends at its next session check (EVENTFLOW_LIVE_PING_S=5 here); the page then finds
+    # out why, instead of saying "Reconnecting…" for ever.
+    page.wait_for_url(re.compile(r"/login\?next=%2Fevents$"), timeout=20_000)
