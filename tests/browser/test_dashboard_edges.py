@@ -235,3 +235,27 @@ def test_a_live_page_whose_session_ended_goes_to_the_login_page(open_page: Any, 
     # The feed ends at its next session check (EVENTFLOW_LIVE_PING_S=5 here); the page then finds
     # out why, instead of saying "Reconnecting…" for ever.
     page.wait_for_url(re.compile(r"/login\?next=%2Fevents$"), timeout=20_000)
+
+
+def test_a_refused_form_keeps_what_the_operator_typed(open_page: Any) -> None:
+    page = open_page("admin")
+    page.goto("/webhooks")
+    page.get_by_label("URL").fill("http://127.0.0.1:9/hooks/kept")  # loopback: refused
+    page.get_by_label("Event types").fill("order.* invoice.sent")
+    page.get_by_label("Description").fill("The CRM, ünïcode & <b>all</b>")
+    page.get_by_role("button", name="Add subscription").click()
+    expect(page.get_by_role("alert")).to_contain_text("loopback")
+    expect(page.get_by_label("URL")).to_have_value("http://127.0.0.1:9/hooks/kept")
+    expect(page.get_by_label("Event types")).to_have_value("order.* invoice.sent")
+    expect(page.get_by_label("Description")).to_have_value("The CRM, ünïcode & <b>all</b>")
+
+    register_producer(page, "kept-name")
+    page.goto("/producers")
+    page.get_by_label("Name", exact=True).fill("kept-name")  # taken
+    page.get_by_label("Description").fill("Second try")
+    page.locator("#p-types").fill("order.*")
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_role("alert")).to_contain_text("already exists")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("kept-name")
+    expect(page.get_by_label("Description")).to_have_value("Second try")
+    expect(page.locator("#p-types")).to_have_value("order.*")

@@ -27,9 +27,13 @@ _ACTIONS = {"replay": "Replay", "discard": "Discard"}
 
 # -- producers ------------------------------------------------------------------------------------
 @get("/producers", include_in_schema=False)
-async def producers_page(request: AnyRequest) -> Response[str]:
+async def producers_page(
+    request: AnyRequest, name: FromQuery[str] = "", description: FromQuery[str] = "", types: FromQuery[str] = ""
+) -> Response[str]:
+    """The list and the form to register one; the query holds a refused form's values, to show them again."""
     producers = await services(request).producers.list()
-    return page(request, "producers.html", nav="producers", producers=producers)
+    return page(request, "producers.html", nav="producers", producers=producers,
+                draft={"name": name, "description": description, "types": types})
 
 
 def _key_page(request: AnyRequest, issued: Issued, rotated: bool) -> Response[str]:
@@ -48,7 +52,8 @@ async def create_producer(request: AnyRequest) -> Response[Any]:
     except (InvalidEvent, Conflict) as exc:
         message = exc.problems[0].message if isinstance(exc, InvalidEvent) else exc.detail
         await flash(request, f"error:Could not register “{name}”: {message}")
-        return Redirect("/producers", status_code=303)
+        draft = {k: str(form.get(k, "")) for k in ("name", "description", "types")}
+        return Redirect(query_url("/producers", **draft), status_code=303)  # the form, as it was typed
     return _key_page(request, issued, rotated=False)
 
 

@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 from litestar import Response, get, post
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
 from app.errors import InvalidEvent
 from app.web.api import services
 from app.web.dashboard.auth import flash
-from app.web.dashboard.render import AnyRequest, page
+from app.web.dashboard.render import AnyRequest, page, query_url
 from app.webhooks import IssuedSecret, SubscriptionIn, SubscriptionPatch
 
 _SPLIT = re.compile(r"[\s,]+")
@@ -36,9 +36,13 @@ async def _refused(request: AnyRequest, exc: InvalidEvent, back: str) -> Respons
 
 
 @get("/webhooks", include_in_schema=False)
-async def webhooks_page(request: AnyRequest) -> Response[str]:
+async def webhooks_page(
+    request: AnyRequest, url: FromQuery[str] = "", types: FromQuery[str] = "", description: FromQuery[str] = ""
+) -> Response[str]:
+    """The list and the form to add one; the query holds a refused form's values, to show them again."""
     subscriptions = await services(request).webhooks.list()
-    return page(request, "webhooks.html", nav="webhooks", subscriptions=subscriptions)
+    return page(request, "webhooks.html", nav="webhooks", subscriptions=subscriptions,
+                draft={"url": url, "types": types, "description": description})
 
 
 @post("/webhooks", include_in_schema=False, status_code=200)
@@ -48,8 +52,9 @@ async def create_webhook(request: AnyRequest) -> Response[Any]:
                           description=str(form.get("description", "")).strip(), enabled=form.get("enabled") == "on")
     try:
         issued = await services(request).webhooks.create(data)
-    except InvalidEvent as exc:
-        return await _refused(request, exc, "/webhooks")
+    except InvalidEvent as exc:  # back to the form, with what was typed in it
+        draft = {k: str(form.get(k, "")) for k in ("url", "types", "description")}
+        return await _refused(request, exc, query_url("/webhooks", **draft))
     return _secret_page(request, issued, rotated=False)
 
 
