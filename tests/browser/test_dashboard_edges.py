@@ -259,3 +259,20 @@ def test_a_refused_form_keeps_what_the_operator_typed(open_page: Any) -> None:
     expect(page.get_by_label("Name", exact=True)).to_have_value("kept-name")
     expect(page.get_by_label("Description")).to_have_value("Second try")
     expect(page.locator("#p-types")).to_have_value("order.*")
+
+
+def test_a_refused_webhook_edit_keeps_what_the_operator_typed(open_page: Any) -> None:
+    page = open_page("admin")
+    page.goto("/webhooks")
+    page.get_by_label("URL").fill("https://edit-kept.example.com/in")
+    page.get_by_label("Event types").fill("*")
+    page.get_by_role("button", name="Add subscription").click()
+    page.get_by_role("link", name="Done").click()
+    page.locator("tr", has_text="edit-kept.example.com").get_by_role("link", name="Edit", exact=True).click()
+    page.get_by_label("URL").fill("http://127.0.0.1:9/edited")  # loopback: refused
+    page.get_by_label("Event types").fill("order.*")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("alert")).to_contain_text("loopback")
+    expect(page.get_by_label("URL")).to_have_value("http://127.0.0.1:9/edited")
+    expect(page.get_by_label("Event types")).to_have_value("order.*")
+    expect(page.locator("main h1")).to_have_text("https://edit-kept.example.com/in")  # still as saved

@@ -59,9 +59,15 @@ async def create_webhook(request: AnyRequest) -> Response[Any]:
 
 
 @get("/webhooks/{ident:str}", include_in_schema=False)
-async def webhook_page(request: AnyRequest, ident: FromPath[str]) -> Response[str]:
-    subscription = await services(request).webhooks.get(ident)
-    return page(request, "webhook.html", nav="webhooks", sub=subscription)
+async def webhook_page(
+    request: AnyRequest, ident: FromPath[str], url: FromQuery[str | None] = None,
+    types: FromQuery[str | None] = None, description: FromQuery[str | None] = None,
+) -> Response[str]:
+    """One subscription and its edit form: the saved values, or a refused edit's (from the query)."""
+    sub = await services(request).webhooks.get(ident)
+    draft = {"url": sub.url, "types": " ".join(sub.types), "description": sub.description}
+    draft.update({k: v for k, v in (("url", url), ("types", types), ("description", description)) if v is not None})
+    return page(request, "webhook.html", nav="webhooks", sub=sub, draft=draft)
 
 
 @post("/webhooks/{ident:str}", include_in_schema=False, status_code=303)
@@ -71,8 +77,9 @@ async def update_webhook(request: AnyRequest, ident: FromPath[str]) -> Response[
                               description=str(form.get("description", "")).strip())
     try:
         await services(request).webhooks.update(ident, patch)
-    except InvalidEvent as exc:
-        return await _refused(request, exc, f"/webhooks/{ident}")
+    except InvalidEvent as exc:  # back to the form, with what was typed in it
+        draft = {k: str(form.get(k, "")) for k in ("url", "types", "description")}
+        return await _refused(request, exc, query_url(f"/webhooks/{ident}", **draft))
     await flash(request, f"Saved subscription {ident}.")
     return Redirect("/webhooks", status_code=303)
 
