@@ -26,21 +26,16 @@ def test_entry_ids_beyond_64_bits_are_not_entry_ids() -> None:
     assert not is_entry_id("99999999999999999999-0")
 
 
-@pytest.mark.parametrize("ident", ["%C2%AD%2A", "x", "0:99999999999999999999-1", "7:1-0", "-1:1-0", "0:1-0-0"])
-async def test_a_malformed_dead_letter_id_is_a_422_not_a_500(make_client: MakeClient, ident: str) -> None:
-    async with make_client(api_token=TOKEN) as client:
-        assert_problem(await client.get(f"/v1/dead-letters/{ident}", headers=OPERATOR), 422)
-        for action in ("replay", "discard"):
-            resp = await client.post(f"/v1/dead-letters/{action}", json={"ids": [ident]}, headers=OPERATOR)
-            assert_problem(resp, 422)
-
-
-@pytest.mark.parametrize("ident", ["\u0661-0", "0:1-0\n", "\u00b2:1-0", "\u0661:1-0"])
-async def test_a_dead_letter_id_of_non_ascii_digits_or_a_newline_is_a_422(make_client: MakeClient, ident: str) -> None:
+@pytest.mark.parametrize("ident", [
+    "%C2%AD%2A", "x", "0:99999999999999999999-1", "7:1-0", "-1:1-0", "0:1-0-0",
     # \d and str.isdigit() take Unicode digits, and `$` matches before a final newline: Redis then
     # refused the id with an error (a 500).
+    "\u0661-0", "0:1-0\n", "\u00b2:1-0", "\u0661:1-0",
+])
+async def test_a_malformed_dead_letter_id_is_a_422_not_a_500(make_client: MakeClient, ident: str) -> None:
     async with make_client(api_token=TOKEN) as client:
-        assert_problem(await client.get(f"/v1/dead-letters/{quote(ident)}", headers=OPERATOR), 422)
+        path = quote(ident, safe="%:")  # "%C2%AD%2A" goes as it is: an escaped path
+        assert_problem(await client.get(f"/v1/dead-letters/{path}", headers=OPERATOR), 422)
         for action in ("replay", "discard"):
             resp = await client.post(f"/v1/dead-letters/{action}", json={"ids": [ident]}, headers=OPERATOR)
             assert_problem(resp, 422)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,6 +47,17 @@ async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout_s: float
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+async def eventflow_cli(settings: Settings, *args: str) -> Any:
+    """Run `eventflow ARGS` against `settings`' Redis and prefix; assert it exits 0 and return its JSON
+    output (None when it prints nothing)."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    return json.loads(out) if out.strip() else None
 
 
 def home_partition(settings: Settings, source: str = "billing", subject: str = "") -> int:

@@ -29,7 +29,7 @@ from app.webhooks import SubscriptionIn, Webhooks
 from consumers import notify
 from consumers.base import Backoff
 from consumers.runner import Runner
-from tests.integration.helpers import consuming
+from tests.integration.helpers import consuming, eventflow_cli
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -384,17 +384,8 @@ async def test_webhooks_api_is_for_the_operator_token_only(
 async def test_webhooks_cli_creates_lists_changes_and_deletes(services: Services, settings: Settings) -> None:
     # Subscriptions are managed by API and CLI: `eventflow webhooks create URL --type P`, list, update,
     # disable, delete. The secret is printed at creation only.
-    import os
-    import sys
-
-    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
-
     async def cli(*args: str) -> Any:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "webhooks", *args, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err
-        return json.loads(out) if out.strip() else None
+        return await eventflow_cli(settings, "webhooks", *args)
 
     created = await cli("create", "https://hooks.example.com/in", "--type", "order.*", "-t", "refund.issued")
     ident = created["id"]

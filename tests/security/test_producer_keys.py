@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from app.keys import Keys
 from app.producers import CHANGE_CHECK_S, Producers, hash_key
 from app.service import Services
 from app.settings import Settings
-from tests.integration.helpers import assert_problem
+from tests.integration.helpers import assert_problem, eventflow_cli
 
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 KEY = re.compile(r"^efk_[A-Za-z0-9_-]{43}$")  # token_urlsafe(32): 43 base64url characters = 256 bits
@@ -128,18 +129,8 @@ async def test_bad_type_limits_are_refused(services: Services, types: list[str])
 async def test_the_cli_creates_a_limited_key_and_changes_or_lifts_the_limit(
     services: Services, settings: Settings
 ) -> None:
-    import json
-    import os
-    import sys
-
-    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
-
     async def cli(*args: str) -> Any:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "producers", *args, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err
-        return json.loads(out)
+        return await eventflow_cli(settings, "producers", *args)
 
     issued = await cli("create", "billing", "--types", "order.*", "invoice.sent")
     assert KEY.match(issued["key"])
@@ -156,18 +147,8 @@ async def test_the_cli_creates_a_key_shown_once_and_revokes_it_at_once(
 ) -> None:
     # `eventflow producers create NAME` prints the key (only its hash is kept); `eventflow producers
     # revoke NAME` stops it at once.
-    import json
-    import os
-    import sys
-
-    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
-
     async def cli(*args: str) -> Any:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "producers", *args, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err
-        return json.loads(out)
+        return await eventflow_cli(settings, "producers", *args)
 
     issued = await cli("create", "billing")
     assert issued["name"] == "billing" and KEY.match(issued["key"])
