@@ -16,11 +16,10 @@ from app.errors import FieldProblem, InvalidEvent, NotFound
 from app.events import Record
 from app.ids import is_entry_id
 from app.keys import Keys
-from app.scripts import Scripts
+from app.scripts import SCRIPT_VALUES_MAX, Scripts
 from app.settings import Settings
 
 _SCAN_CHUNK = 500
-_SCRIPT_VALUES_MAX = 7000  # field values replay_dead.lua passes to XADD at most (Lua takes ~8,000)
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -107,7 +106,7 @@ class DeadLetters:
         """Send dead letters back to the group they failed in (and only that group)."""
         total = 0
         for partition, entry_ids in _by_partition(ids, self.keys.partitions).items():
-            args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, _SCRIPT_VALUES_MAX,
+            args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, SCRIPT_VALUES_MAX,
                     *entry_ids]
             replayed, wide = await self.scripts.replay_dead([self.keys.dead_letters(partition)], args)
             total += int(replayed)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from app.connections import execute_packed, pairs, transaction
 from app.keys import Keys
-from app.scripts import Scripts
+from app.scripts import SCRIPT_VALUES_MAX, Scripts
 from app.settings import Settings
 
 LOG, REPLAY = "l", "r"
@@ -55,7 +55,6 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     span_id: str | None = None
 
 
-_SCRIPT_VALUES_MAX = 7000  # dead-letter fields passed to dead_letter.lua at most (Lua takes ~8,000)
 _RECLAIM_PAGES = 10  # pending-list pages one reclaim_idle call reads at most, per stream
 
 
@@ -261,7 +260,7 @@ class Dispatch:
         fields += ("_entry", entry.entry_id, "_group", group, "_reason", reason,
                    "_attempts", attempt.attempt, "_error", _error_text(attempt), "_dead_ms", attempt.at_ms)
         args = [group, entry.stream_id, entry.member, msgspec.json.encode(attempt), self.settings.attempts_ttl_s]
-        if len(fields) <= _SCRIPT_VALUES_MAX:
+        if len(fields) <= SCRIPT_VALUES_MAX:
             await self.scripts.dead_letter(keys, [*args, *fields])
             return
         # A script call takes about 8,000 values (Lua's C stack: "too many results to unpack"), and an

@@ -9,6 +9,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+# Values one script call can hand to a single command (`unpack` in Lua stops near 8,000): entries with
+# more fields than this are written with MULTI/EXEC instead (dead letters, their replays).
+SCRIPT_VALUES_MAX = 7000
+
 # Shared Lua helpers each script starts with (Redis scripts cannot import one another).
 _PRELUDES = {"append": "_index.lua", "catch_up": "_index.lua", "query": "_ids.lua", "trim": "_ids.lua"}
 
