@@ -91,6 +91,8 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
             f"the body is larger than {settings.max_body_bytes} bytes (EVENTFLOW_MAX_BODY_BYTES)"
         ))
     extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and (invalid := _query_problems(exc)):
+        return eventflow_error(request, InvalidEvent(invalid))
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
         extra["errors"] = [
             {"pointer": f"/{e.get('key', '')}", "detail": e.get("message", "")}
@@ -98,6 +100,17 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         ]
     title = _TITLES.get(exc.status_code, "Error")
     return problem(request, exc.status_code, title, str(exc.detail), **extra)
+
+
+def _query_problems(exc: ValidationException) -> list[FieldProblem]:
+    """Litestar refuses a query parameter its type cannot hold (`limit=ten`) with a 400; the same
+    parameter out of range (`limit=0`) is our 422. Both are an invalid value of a named parameter,
+    so both are the 422, naming it. Anything else Litestar refuses (no errors listed, a path
+    parameter, a missing one) stays its 400."""
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    if not errors or not all(isinstance(e, dict) and e.get("source") == "query" and e.get("key") for e in errors):
+        return []
+    return [FieldProblem(f"/{e['key']}", str(e.get("message") or "invalid value")) for e in errors]
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
