@@ -258,6 +258,25 @@ async def test_webhook_forms_create_edit_disable_rotate_and_delete(
         assert await services.webhooks.list() == []
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_refused_webhook_form_keeps_the_enabled_box_as_it_was(
+    make_client: MakeClient, admin: tuple[str, str], enabled: bool
+) -> None:
+    # The URL, types and description came back after a refusal, but the box was always ticked again:
+    # an operator who had unticked it, then fixed the URL, added an enabled subscription.
+    async with make_client() as client:
+        token = await logged_in(client, *admin)
+        form = {"csrf_token": token, "url": "http://127.0.0.1/x", "types": "order.*"}
+        refused = await client.post("/webhooks", data={**form, **({"enabled": "on"} if enabled else {})})
+        assert refused.status_code == 303
+        page = (await client.get(refused.headers["location"])).text
+        box = re.search(r'<input id="w-enabled"[^>]*>', page)
+        assert box and ("checked" in box.group(0)) is enabled, box
+        assert "Not saved." in page and 'value="order.*"' in page
+        fresh = re.search(r'<input id="w-enabled"[^>]*>', (await client.get("/webhooks")).text)
+        assert fresh and "checked" in fresh.group(0)  # a new form starts enabled
+
+
 async def test_every_page_has_the_navigation_bar_to_every_other_page(
     make_client: MakeClient, admin: tuple[str, str], services: Services
 ) -> None:

@@ -37,12 +37,14 @@ async def _refused(request: AnyRequest, exc: InvalidEvent, back: str) -> Respons
 
 @get("/webhooks", include_in_schema=False)
 async def webhooks_page(
-    request: AnyRequest, url: FromQuery[str] = "", types: FromQuery[str] = "", description: FromQuery[str] = ""
+    request: AnyRequest, url: FromQuery[str] = "", types: FromQuery[str] = "", description: FromQuery[str] = "",
+    enabled: FromQuery[str] = "on",
 ) -> Response[str]:
-    """The list and the form to add one; the query holds a refused form's values, to show them again."""
+    """The list and the form to add one; the query holds a refused form's values, to show them again
+    (`enabled=off`: the box was unticked; a new form starts ticked)."""
     subscriptions = await services(request).webhooks.list()
     return page(request, "webhooks.html", nav="webhooks", subscriptions=subscriptions,
-                draft={"url": url, "types": types, "description": description})
+                draft={"url": url, "types": types, "description": description, "enabled": enabled != "off"})
 
 
 @post("/webhooks", include_in_schema=False, status_code=200)
@@ -54,6 +56,8 @@ async def create_webhook(request: AnyRequest) -> Response[Any]:
         issued = await services(request).webhooks.create(data)
     except InvalidEvent as exc:  # back to the form, with what was typed in it
         draft = {k: str(form.get(k, "")) for k in ("url", "types", "description")}
+        # An unticked box sends nothing, which the page would take for a new form's tick: say "off".
+        draft["enabled"] = "on" if data.enabled else "off"
         return await _refused(request, exc, query_url("/webhooks", **draft))
     return _secret_page(request, issued, rotated=False)
 
