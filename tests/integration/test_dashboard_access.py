@@ -287,3 +287,26 @@ async def test_unknown_pages_and_events_get_html_error_pages(make_client: MakeCl
         assert resp.status_code == 404
         assert resp.headers["content-type"].startswith("text/html")
         assert "no event with id" in resp.text
+
+
+async def test_an_unrouted_address_shows_the_error_page_with_the_navigation(make_client: MakeClient) -> None:
+    # A mistyped address (404) or a form's address opened as a page (405) is refused before any
+    # route, so the guard never loaded the session: the page came without the navigation bar, and
+    # the operator had no way back but the address bar.
+    html = {"Accept": "text/html"}
+    async with make_client() as client:
+        anonymous = await client.get("/producer", headers=html)
+        assert anonymous.status_code == 404 and 'class="mainnav"' not in anonymous.text
+        assert 'href="/login"' in anonymous.text
+        await logged_in(client, *VIEWER)
+        for path, status, heading in (("/producer", 404, "Not found"), ("/events/x/y", 404, "Not found"),
+                                      ("/producers/shop/rotate", 405, "Not a page")):
+            resp = await client.get(path, headers=html)
+            assert resp.status_code == status and resp.headers["content-type"].startswith("text/html"), path
+            assert f"<h1>{heading}</h1>" in resp.text, path
+            nav = resp.text.split('<nav class="mainnav"', 1)[1].split("</nav>", 1)[0]
+            assert 'href="/dead-letters"' in nav and 'href="/webhooks"' in nav, path
+            assert "vic" in resp.text and resp.headers["cache-control"] == "no-store", path
+            assert "frame-ancestors 'none'" in resp.headers["content-security-policy"], path
+        api = await client.get("/v1/nope", headers=html)
+        assert api.status_code == 404 and api.headers["content-type"] == "application/problem+json"

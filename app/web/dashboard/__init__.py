@@ -15,10 +15,12 @@ from litestar.static_files import create_static_files_router
 from app.connections import is_unavailable, unavailable
 from app.errors import EventFlowError, Unavailable
 from app.web import sse
+from app.web.api import services
 from app.web.dashboard import auth, errortrack, manage, pages, types, webhooks
 from app.web.dashboard.render import STATIC, AnyRequest, page
 from app.web.metrics import note_problem
 from app.web.problems import http_error, unexpected_error
+from app.web.security import security_headers
 
 log = logging.getLogger("eventflow.web.dashboard")
 
@@ -72,6 +74,33 @@ _UNROUTED = {  # status: (title, detail, the problem type the API would have ans
 }
 
 
+class _UnroutedPage(Response[str]):
+    """The error page for a request no route took. No guard ran for it, so the session is not
+    loaded, and the page would lack the navigation bar (and the operator's name and Log out) that
+    every other page has. Exception handlers are synchronous, so the session is loaded here, when
+    the response is sent. The app's middleware never runs for such a request either: the page,
+    which now holds the operator's Log out form, gets the security headers (CSP, frame denial) here."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__("", status_code=status)
+        self.title, self.detail = title, detail
+
+    def to_asgi_response(self, app: Any, request: AnyRequest, **kwargs: Any) -> Any:
+        async def send_page(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                cookie = request.cookies.get(auth.SESSION_COOKIE)
+                loaded = await services(request).sessions.load(cookie)
+            except Exception:  # noqa: BLE001 - Redis away: the page without the bar beats no page
+                loaded = None
+            if loaded is not None:
+                request.state.operator = loaded
+            response = _error_page(request, self.status_code, self.title, self.detail)
+            page_app = response.to_asgi_response(app, request, **kwargs)
+            await security_headers(request.app.state.settings)(page_app)(scope, receive, send)
+
+        return send_page
+
+
 def unrouted_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
     """The app's handler for HTTP errors, which are also raised before any route is found (an
     unknown address, a GET to a form's address: a reloaded /producers/x/rotate). A browser asking
@@ -80,7 +109,7 @@ def unrouted_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
     if wants_page and exc.status_code in _UNROUTED and not request.url.path.startswith(_API_PATHS):
         title, detail, problem_type = _UNROUTED[exc.status_code]
         note_problem(request, exc.status_code, problem_type)
-        return _error_page(request, exc.status_code, title, detail)
+        return _UnroutedPage(exc.status_code, title, detail)
     return http_error(request, exc)
 
 
