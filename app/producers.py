@@ -32,6 +32,7 @@ CHANGE_CHECK_S = 0.1  # how stale a cached key lookup may be after a rotation or
 
 KEY_PREFIX = "efk_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
+MAX_DESCRIPTION = 500  # characters, as a webhook subscription's; the dashboard's field says the same
 
 
 class Producer(msgspec.Struct, kw_only=True):
@@ -103,6 +104,14 @@ def _matcher(types: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{fnmatch.translate(t)})" for t in types)) if types else None
 
 
+def check_description(description: str) -> str:
+    """Free text shown on the dashboard: capped, so no one stores a megabyte in the producers hash
+    that every Producers page then reads and shows."""
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidEvent([FieldProblem("/description", f"at most {MAX_DESCRIPTION} characters")])
+    return description
+
+
 def check_name(name: str) -> None:
     if not _NAME.match(name):
         raise InvalidEvent([FieldProblem(
@@ -130,8 +139,8 @@ class Producers:
     async def create(self, name: str, description: str = "", types: Sequence[str] = ()) -> Issued:
         check_name(name)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        record = Producer(name=name, key_hash=hash_key(key), created_ms=_now_ms(), description=description,
-                          types=check_types(types))
+        record = Producer(name=name, key_hash=hash_key(key), created_ms=_now_ms(),
+                          description=check_description(description), types=check_types(types))
         async with redis_errors(self.settings):
             if not await self.redis.hsetnx(self.keys.producers, name, msgspec.json.encode(record)):
                 raise Conflict(f"producer {name!r} already exists (rotate its key or revoke it)")

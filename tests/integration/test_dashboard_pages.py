@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.deadletters import Filter
+from app.errors import InvalidEvent
 from app.events import parse_request
 from app.service import Services
 from app.settings import Settings
@@ -78,6 +79,29 @@ async def test_a_new_producer_s_key_is_shown_once_with_a_sample_curl(
         bad = await client.post("/producers", data={"csrf_token": token, "name": "no spaces"})
         assert bad.status_code == 303
         assert "Could not register" in (await client.get("/producers")).text
+
+
+async def test_a_producer_description_over_500_characters_is_refused_and_kept_in_the_form(
+    make_client: MakeClient, admin: tuple[str, str], services: Services
+) -> None:
+    # The form cut it to 500 characters without a word, and the CLI stored any size.
+    with pytest.raises(InvalidEvent) as refused:
+        await services.producers.create("cli", "x" * 501)
+    assert [p.pointer for p in refused.value.problems] == ["/description"]
+    async with make_client() as client:
+        token = await logged_in(client, *admin)
+        resp = await client.post("/producers", data={"csrf_token": token, "name": "shop", "description": "d" * 501,
+                                                     "types": "order.*"})
+        assert resp.status_code == 303
+        page = html.unescape((await client.get(resp.headers["location"])).text)
+        assert "description: at most 500 characters" in page
+        assert f'value="{"d" * 501}"' in page and 'value="shop"' in page and 'value="order.*"' in page
+        huge = await client.post("/producers", data={"csrf_token": token, "name": "shop", "description": "d" * 100_000})
+        assert huge.status_code == 303 and len(huge.headers["location"]) < 10_000  # a URL a browser follows
+        ok = await client.post("/producers", data={"csrf_token": token, "name": "shop", "description": "é" * 500})
+        assert ok.status_code == 200
+    assert [p.name for p in await services.producers.list()] == ["shop"]
+    assert (await services.producers.get("shop")).description == "é" * 500
 
 
 async def test_rotate_and_revoke_take_effect_at_once(
@@ -275,6 +299,25 @@ async def test_a_refused_webhook_form_keeps_the_enabled_box_as_it_was(
         assert "Not saved." in page and 'value="order.*"' in page
         fresh = re.search(r'<input id="w-enabled"[^>]*>', (await client.get("/webhooks")).text)
         assert fresh and "checked" in fresh.group(0)  # a new form starts enabled
+
+
+async def test_a_webhook_description_over_500_characters_is_refused_and_kept_in_the_form(
+    make_client: MakeClient, admin: tuple[str, str], services: Services
+) -> None:
+    async with make_client() as client:
+        token = await logged_in(client, *admin)
+        form = {"csrf_token": token, "url": "https://hooks.example.com/in", "types": "order.*"}
+        resp = await client.post("/webhooks", data={**form, "description": "d" * 501})
+        assert resp.status_code == 303
+        page = html.unescape((await client.get(resp.headers["location"])).text)
+        assert "description: at most 500 characters" in page and f'value="{"d" * 501}"' in page
+        sub = (await client.post("/webhooks", data={**form, "enabled": "on"})).text
+        assert "whsec_" in sub
+        [saved] = await services.webhooks.list()
+        edit = await client.post(f"/webhooks/{saved.id}", data={**form, "description": "d" * 100_000})
+        assert edit.status_code == 303 and len(edit.headers["location"]) < 10_000  # a URL a browser follows
+        assert "description: at most 500 characters" in (await client.get(edit.headers["location"])).text
+    assert (await services.webhooks.get(saved.id)).description == ""
 
 
 async def test_every_page_has_the_navigation_bar_to_every_other_page(

@@ -215,6 +215,20 @@ async def test_an_invalid_schema_is_refused_with_a_pointer_into_it(api: httpx.As
     assert_problem(await api.get("/v1/event-types/order.created", headers=OPERATOR), 404)
 
 
+@pytest.mark.parametrize(("field", "cap"), [("description", 2000), ("owner", 200), ("note", 2000)])
+async def test_free_text_longer_than_its_cap_is_a_422_naming_it(api: httpx.AsyncClient, field: str, cap: int) -> None:
+    # Stored as sent, whatever its size (a megabyte of description went into the registry and onto
+    # every Types page).
+    assert_problem(await register(api, **{field: "x" * (cap + 1)}), 422, f"/{field}")
+    assert_problem(await api.get("/v1/event-types/order.created", headers=OPERATOR), 404)
+    assert (await register(api, **{field: "é" * cap})).status_code == 200  # characters, not bytes
+    if field == "note":
+        version = {"schema": {"type": "object"}, "note": "x" * (cap + 1)}
+        refused = await api.post("/v1/event-types/order.created/schemas", headers=OPERATOR, json=version)
+        assert_problem(refused, 422, "/note")
+        assert len((await api.get("/v1/event-types/order.created/schemas", headers=OPERATOR)).json()["versions"]) == 1
+
+
 @pytest.fixture
 async def run_consumers(redis: Redis, settings: Settings) -> AsyncIterator[Callable[..., Runner]]:
     runners: list[tuple[Runner, asyncio.Task[None]]] = []

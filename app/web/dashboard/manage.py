@@ -14,12 +14,12 @@ from litestar.response import Redirect
 from msgspec.structs import replace
 
 from app.deadletters import Filter
-from app.errors import Conflict, InvalidEvent
+from app.errors import Conflict, FieldProblem, InvalidEvent
 from app.producers import Issued
 from app.users import Role
 from app.web.api import services
 from app.web.dashboard.auth import flash
-from app.web.dashboard.render import AnyRequest, page, query_url
+from app.web.dashboard.render import MAX_KEPT, AnyRequest, page, query_url
 
 DEAD_LETTER_PAGE = 100
 _ACTIONS = {"replay": "Replay", "discard": "Discard"}
@@ -48,17 +48,23 @@ async def create_producer(request: AnyRequest) -> Response[Any]:
     form = await request.form()
     name, description = str(form.get("name", "")).strip(), str(form.get("description", "")).strip()
     try:
-        issued = await services(request).producers.create(name, description[:500], _types(form.get("types")))
+        issued = await services(request).producers.create(name, description, _types(form.get("types")))
     except (InvalidEvent, Conflict) as exc:
-        message = exc.problems[0].message if isinstance(exc, InvalidEvent) else exc.detail
-        await flash(request, f"error:Could not register “{name}”: {message}")
-        draft = {k: str(form.get(k, "")) for k in ("name", "description", "types")}
+        message = _problem(exc.problems[0]) if isinstance(exc, InvalidEvent) else exc.detail
+        await flash(request, f"error:Could not register “{name[:MAX_KEPT]}”: {message}")
+        draft = {k: str(form.get(k, ""))[:MAX_KEPT] for k in ("name", "description", "types")}
         return Redirect(query_url("/producers", **draft), status_code=303)  # the form, as it was typed
     return _key_page(request, issued, rotated=False)
 
 
 async def rotate_producer(request: AnyRequest, name: str) -> Response[Any]:
     return _key_page(request, await services(request).producers.rotate(name), rotated=True)
+
+
+def _problem(problem: FieldProblem) -> str:
+    """`description: at most 500 characters`: which field, when it is not the name in the heading."""
+    field = problem.pointer.strip("/")
+    return problem.message if field in ("", "name") else f"{field}: {problem.message}"
 
 
 def _types(value: object) -> list[str]:

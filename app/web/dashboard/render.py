@@ -147,6 +147,12 @@ def event_url(record_or_entry: Record | str) -> str:
     return "/events/" + quote(entry, safe="")
 
 
+# The most of one field a refused form carries back in its redirect: as much as any of the forms'
+# fields accepts (a webhook URL), so what an operator typed comes back whole, while a forged
+# megabyte does not make a Location no browser would follow.
+MAX_KEPT = 2048
+
+
 def query_url(path: str, **params: Any) -> str:
     kept = {k: v for k, v in params.items() if v not in (None, "", [])}
     return f"{path}?{urlencode(kept, doseq=True)}" if kept else path
