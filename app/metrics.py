@@ -304,7 +304,7 @@ class RedisGauges:
     NAMES = ("eventflow_redis_up", "eventflow_stream_length", "eventflow_dead_letter_entries",
              "eventflow_group_lag", "eventflow_group_pending", "eventflow_group_workers",
              "eventflow_workers_alive", "eventflow_redis_used_memory_bytes", "eventflow_redis_maxmemory_bytes")
-    HEARTBEAT_S = 30  # a worker is alive while its heartbeat (every 10 s) is younger than this
+    HEARTBEAT_S = 10  # a worker is alive while its heartbeat (every 3 s) is younger than this: its claim's TTL
 
     def __init__(self, redis: Redis, keys: Keys, ttl_s: float = 1.0, timeout_s: float = 2.0) -> None:
         self.redis = redis

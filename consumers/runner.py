@@ -1,6 +1,13 @@
 """The runner: for each consumer, the partitions this worker holds a seat in (consumers/assign.py),
 each read by a GroupLoop (consumers/loop.py) with bounded concurrency, following the seats as workers
-come and go; a heartbeat; graceful shutdown within EVENTFLOW_SHUTDOWN_GRACE_S.
+come and go; a claim on the consumer name, renewed by the heartbeat; graceful shutdown within
+EVENTFLOW_SHUTDOWN_GRACE_S.
+
+The consumer name is what Redis and the seats know a worker by, so two live processes with one name
+would read as one consumer: both would take the same entries and hold the same seats (duplicates, and
+ordered consumers out of order). A process therefore claims its name before it reads anything (the
+name's heartbeat key, holding a random token of the process) and waits while another live process
+holds it.
 """
 
 from __future__ import annotations
@@ -9,22 +16,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import msgspec
 from redis.asyncio import Redis
 
 from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import Dispatch, now_ms
+from app.keys import Keys
+from app.scripts import source
 from app.settings import Settings
 from consumers.assign import Changes, Seats
 from consumers.base import Consumer
 from consumers.loop import GroupLoop, Observers, Outage, sleep_unless
 
-__all__ = ["GroupLoop", "Observers", "Outage", "Runner", "consumer_id"]
+__all__ = ["GroupLoop", "NameClaim", "Observers", "Outage", "Runner", "consumer_id"]
 
 log = logging.getLogger("eventflow.consumers")
+
+BEAT_S = 3.0  # the name's claim is renewed this often...
+CLAIM_TTL_MS = 10_000  # ...and lapses this long after the last beat: a restart after kill -9 waits at most this
+WAIT_POLL_S = 1.0  # how often a process waiting for its name asks again (sooner when the claim lapses sooner)
 
 
 def consumer_id(settings: Settings, environ: Mapping[str, str]) -> str:
@@ -34,6 +49,90 @@ def consumer_id(settings: Settings, environ: Mapping[str, str]) -> str:
     machine = environ.get("FLY_MACHINE_ID") or socket.gethostname()
     slot = environ.get("EVENTFLOW_WORKER_SLOT") or environ.get("PS", "worker.1").rpartition(".")[2] or "1"
     return f"{machine}-{slot}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process that holds a consumer name, as its claim describes it."""
+
+    token: str
+    host: str
+    pid: int | str
+    beat_age_s: float | None  # how long ago it last beat (its clock read against ours)
+    ttl_s: float  # until its claim lapses unless it beats again (negative: the key has no expiry)
+
+    @classmethod
+    def of(cls, body: bytes, ttl_ms: int) -> Holder:
+        """Read leniently: a claim written by hand or by an older version still names what it can."""
+        try:
+            fields = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            fields = {}
+        if not isinstance(fields, dict):
+            fields = {}
+        beat = fields.get("beat_ms")
+        return cls(token=str(fields.get("token", "")), host=str(fields.get("host") or "an unknown host"),
+                   pid=fields.get("pid", "?"), beat_age_s=(now_ms() - beat) / 1000 if isinstance(beat, int) else None,
+                   ttl_s=ttl_ms / 1000)
+
+    def describe(self) -> str:
+        age = "at an unknown time" if self.beat_age_s is None else f"{self.beat_age_s:.1f} s ago"
+        return f"host {self.host}, pid {self.pid}, last beat {age}"
+
+
+class NameClaim:
+    """One process's claim on its consumer name: the name's heartbeat key (which the metrics read to
+    count live workers per group), carrying a random token of this process, its host and pid. Taken
+    only when free, renewed only while the token is still ours, given back only if still ours
+    (app/lua/claim.lua), so two processes given one name never read as one consumer."""
+
+    def __init__(self, redis: Redis, keys: Keys, name: str, consumers: Sequence[str]) -> None:
+        self.name = name
+        self.key = keys.heartbeat(name)
+        self.token = secrets.token_hex(16)
+        self.host = socket.gethostname()
+        self.consumers = list(consumers)
+        self._script = redis.register_script(source("claim"))
+
+    def body(self) -> bytes:
+        return msgspec.json.encode({"consumers": self.consumers, "host": self.host, "pid": os.getpid(),
+                                    "token": self.token, "beat_ms": now_ms()})
+
+    async def beat(self) -> Holder | None:
+        """Take the name when it is free, renew it when it is ours: None then; else who holds it."""
+        other = await self._script([self.key], [self.token, "beat", self.body(), CLAIM_TTL_MS])
+        return None if other is None else Holder.of(other[0], int(other[1]))
+
+    async def release(self) -> None:
+        """Give the name back at a graceful stop, so that a restart need not wait for it to lapse."""
+        await self._script([self.key], [self.token, "release", b"", 0])
+
+    async def wait_free(self, stop: asyncio.Event) -> bool:
+        """Claim the name, waiting while another process holds it (warned once per holder), until
+        `stop` is set: False then, and nothing was read."""
+        outage = Outage(f"consumer name {self.name}")
+        warned: str | None = None  # the holder already warned about
+        while not stop.is_set():
+            try:
+                other = await self.beat()
+                outage.ok()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                await sleep_unless(stop, outage.failed(exc))
+                continue
+            if other is None:
+                if warned is not None:
+                    log.info("consumer name %r is free now: starting", self.name)
+                return True
+            if other.token != warned:
+                warned = other.token
+                log.warning("consumer name %r is held by another live worker process (%s): not reading until "
+                            "it is free. Give each worker process its own EVENTFLOW_CONSUMER_ID (or its own "
+                            "EVENTFLOW_WORKER_SLOT on one host); a killed worker's claim lapses %.0f s after "
+                            "its last beat", self.name, other.describe(), CLAIM_TTL_MS / 1000)
+            await sleep_unless(stop, min(WAIT_POLL_S, other.ttl_s) if other.ttl_s > 0 else WAIT_POLL_S)
+        return False
 
 
 class Runner:
@@ -49,6 +148,7 @@ class Runner:
         self.loops: list[GroupLoop] = []  # every partition loop this runner started
         self.reading: dict[str, set[int]] = {c.name: set() for c in self.consumers}  # partitions read now
         self.observers = observers or Observers.from_settings(self.dispatch)
+        self.claim = NameClaim(redis, self.dispatch.keys, name, [c.name for c in self.consumers])
 
     async def setup(self) -> None:
         """Create groups and publish each consumer's settings (idempotent; retried while Redis is down)."""
@@ -68,11 +168,23 @@ class Runner:
                 await sleep_unless(self.stop, outage.failed(exc))
 
     async def run(self) -> None:
+        """Claim the consumer name, consume until `stop`, then give the name back once what was read
+        is finished (cut off, the claim lapses like the seats)."""
+        if not await self.claim.wait_free(self.stop):
+            return  # told to stop while another process held the name: nothing was read
+        beating = asyncio.create_task(self._heartbeat())
+        try:
+            await self._consume()
+        finally:
+            await cancel_and_wait(beating)
+        with contextlib.suppress(Exception):  # it lapses anyway
+            await self.claim.release()
+
+    async def _consume(self) -> None:
         await self.setup()
         if self.stop.is_set():
             return
         tasks = [asyncio.create_task(self._supervise(c)) for c in self.consumers]
-        tasks.append(asyncio.create_task(self._heartbeat()))
         log.info("consuming: %s as %s", ", ".join(c.name for c in self.consumers), self.name)
         try:
             await self.stop.wait()
@@ -119,19 +231,32 @@ class Runner:
             await asyncio.to_thread(self.observers.tracer.flush)  # the export may wait on the network
 
     async def _heartbeat(self) -> None:
-        keys = self.dispatch.keys
-        body = msgspec.json.encode({"consumers": [c.name for c in self.consumers], "pid": os.getpid()})
-        while not self.stop.is_set():
-            try:
+        """Beat until cancelled, through the shutdown grace too: the name stays ours until what was
+        read is finished. A claim found in another process's hands means this one stalled past the
+        claim's TTL and the name was taken: stop, rather than read beside it as one consumer."""
+        while (other := await self._beat()) is None:
+            await asyncio.sleep(BEAT_S)
+        log.error("consumer name %r was taken by another worker process (%s) while this one stalled past "
+                  "the claim's %.0f s: stopping, so that the two do not read as one consumer. Give each worker "
+                  "process its own EVENTFLOW_CONSUMER_ID (or its own EVENTFLOW_WORKER_SLOT on one host)",
+                  self.name, other.describe(), CLAIM_TTL_MS / 1000)
+        self.stop.set()
+
+    async def _beat(self) -> Holder | None:
+        """Renew the claim, and this worker's entry in the live-worker set the metrics count; the other
+        holder when the claim is lost."""
+        try:
+            other = await self.claim.beat()
+            if other is None:
                 now = now_ms()
                 pipe = self.dispatch.redis.pipeline(transaction=False)
-                pipe.set(keys.heartbeat(self.name), body, ex=30)
-                pipe.zadd(keys.workers, {self.name: now})  # the metrics count live workers from this
-                pipe.zremrangebyscore(keys.workers, 0, now - 86_400_000)
+                pipe.zadd(self.dispatch.keys.workers, {self.name: now})
+                pipe.zremrangebyscore(self.dispatch.keys.workers, 0, now - 86_400_000)
                 await pipe.execute()
-            except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
-                log.debug("heartbeat failed: %s", exc)
-            await sleep_unless(self.stop, 10)
+            return other
+        except Exception as exc:  # noqa: BLE001 - the loops report outages; keep beating
+            log.debug("heartbeat failed: %s", exc)
+            return None
 
 
 class _Reading:
