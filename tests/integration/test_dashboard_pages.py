@@ -317,6 +317,11 @@ async def test_a_webhook_description_over_500_characters_is_refused_and_kept_in_
         edit = await client.post(f"/webhooks/{saved.id}", data={**form, "description": "d" * 100_000})
         assert edit.status_code == 303 and len(edit.headers["location"]) < 10_000  # a URL a browser follows
         assert "description: at most 500 characters" in (await client.get(edit.headers["location"])).text
+        # Kept by bytes, not characters: 2,048 emoji are 24 kB of %-escapes, 2,048 bytes of them 6 kB.
+        wide = await client.post(f"/webhooks/{saved.id}", data={**form, "url": "😀" * 20_000,
+                                                                "description": "😀" * 20_000})
+        assert wide.status_code == 303 and len(wide.headers["location"]) < 16_000
+        assert (await client.get(wide.headers["location"])).status_code == 200
     assert (await services.webhooks.get(saved.id)).description == ""
 
 

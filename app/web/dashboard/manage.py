@@ -19,7 +19,7 @@ from app.producers import Issued
 from app.users import Role
 from app.web.api import services
 from app.web.dashboard.auth import flash
-from app.web.dashboard.render import MAX_KEPT, AnyRequest, page, query_url
+from app.web.dashboard.render import AnyRequest, kept, page, query_url
 
 DEAD_LETTER_PAGE = 100
 _ACTIONS = {"replay": "Replay", "discard": "Discard"}
@@ -51,8 +51,8 @@ async def create_producer(request: AnyRequest) -> Response[Any]:
         issued = await services(request).producers.create(name, description, _types(form.get("types")))
     except (InvalidEvent, Conflict) as exc:
         message = _problem(exc.problems[0]) if isinstance(exc, InvalidEvent) else exc.detail
-        await flash(request, f"error:Could not register “{name[:MAX_KEPT]}”: {message}")
-        draft = {k: str(form.get(k, ""))[:MAX_KEPT] for k in ("name", "description", "types")}
+        await flash(request, f"error:Could not register “{kept(name)}”: {message}")
+        draft = {k: kept(form.get(k)) for k in ("name", "description", "types")}
         return Redirect(query_url("/producers", **draft), status_code=303)  # the form, as it was typed
     return _key_page(request, issued, rotated=False)
 

@@ -147,10 +147,16 @@ def event_url(record_or_entry: Record | str) -> str:
     return "/events/" + quote(entry, safe="")
 
 
-# The most of one field a refused form carries back in its redirect: as much as any of the forms'
-# fields accepts (a webhook URL), so what an operator typed comes back whole, while a forged
-# megabyte does not make a Location no browser would follow.
+# The most of one field a refused form carries back in its redirect, in UTF-8 bytes: as much as any
+# of the forms' fields accepts (a webhook URL; a 500-character description even of emoji), so what an
+# operator typed comes back whole, while a forged megabyte does not make a Location no browser (and
+# no server: granian answers an address over 64 kB with 414) would follow.
 MAX_KEPT = 2048
+
+
+def kept(value: object) -> str:
+    """A form field's text as a refused form's redirect carries it back (at most MAX_KEPT bytes)."""
+    return str(value or "").encode()[:MAX_KEPT].decode(errors="ignore")
 
 
 def query_url(path: str, **params: Any) -> str:

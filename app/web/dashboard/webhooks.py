@@ -14,7 +14,7 @@ from litestar.response import Redirect
 from app.errors import InvalidEvent
 from app.web.api import services
 from app.web.dashboard.auth import flash
-from app.web.dashboard.render import MAX_KEPT, AnyRequest, page, query_url
+from app.web.dashboard.render import AnyRequest, kept, page, query_url
 from app.webhooks import IssuedSecret, SubscriptionIn, SubscriptionPatch
 
 _SPLIT = re.compile(r"[\s,]+")
@@ -55,7 +55,7 @@ async def create_webhook(request: AnyRequest) -> Response[Any]:
     try:
         issued = await services(request).webhooks.create(data)
     except InvalidEvent as exc:  # back to the form, with what was typed in it
-        draft = {k: str(form.get(k, ""))[:MAX_KEPT] for k in ("url", "types", "description")}
+        draft = {k: kept(form.get(k)) for k in ("url", "types", "description")}
         # An unticked box sends nothing, which the page would take for a new form's tick: say "off".
         draft["enabled"] = "on" if data.enabled else "off"
         return await _refused(request, exc, query_url("/webhooks", **draft))
@@ -82,7 +82,7 @@ async def update_webhook(request: AnyRequest, ident: FromPath[str]) -> Response[
     try:
         await services(request).webhooks.update(ident, patch)
     except InvalidEvent as exc:  # back to the form, with what was typed in it
-        draft = {k: str(form.get(k, ""))[:MAX_KEPT] for k in ("url", "types", "description")}
+        draft = {k: kept(form.get(k)) for k in ("url", "types", "description")}
         return await _refused(request, exc, query_url(f"/webhooks/{ident}", **draft))
     await flash(request, f"Saved subscription {ident}.")
     return Redirect("/webhooks", status_code=303)
