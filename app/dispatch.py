@@ -34,6 +34,9 @@ class Pending(msgspec.Struct, kw_only=True):
     partition: int
     fields: dict[bytes, bytes]
     deliveries: int = 1
+    # Left pending by a worker that stopped before finishing it (read again as its own at start-up,
+    # or taken over after the lease): its last attempt may have killed that worker.
+    recovered: bool = False
 
     @property
     def member(self) -> str:
@@ -45,7 +48,9 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One delivery attempt of one event in one group (kept only for events that ever failed)."""
 
     attempt: int
-    outcome: str  # failed (will retry) | dead-lettered | succeeded | invalid | replayed
+    # started (recorded as every attempt after the first begins, so one that kills its worker is
+    # still counted) | failed (will retry) | dead-lettered | succeeded | invalid | replayed
+    outcome: str
     at_ms: int
     consumer: str = ""
     duration_ms: float | None = None
@@ -53,6 +58,7 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
     next_at_ms: int | None = None
     span_id: str | None = None
+    alone: bool | None = None  # a start: whether no other handler of its process ran meanwhile
 
 
 _RECLAIM_PAGES = 10  # pending-list pages one reclaim_idle call reads at most, per stream
@@ -159,32 +165,31 @@ class Dispatch:
         out = Claimed([])
         for kind in (LOG, REPLAY):
             key = self.stream_key(kind, partition, group)
-            deliveries: dict[str, int] = {}
+            idle: list[str] = []
             cursor = self._reclaim_from.get((key, group), "-")
             for _page in range(_RECLAIM_PAGES):
                 pending = await self.redis.xpending_range(key, group, cursor, "+", count, idle=lease_ms)
-                page = {_s(p["message_id"]): int(p["times_delivered"]) for p in pending}
+                page = [_s(p["message_id"]) for p in pending]
                 if page:
                     scores = await self.redis.zmscore(self.keys.retry_schedule(partition, group),
                                                       [f"{kind}:{i}" for i in page])
-                    deliveries |= {i: n for (i, n), score in zip(page.items(), scores, strict=True) if score is None}
-                    cursor = "(" + _s(pending[-1]["message_id"])
+                    idle += [i for i, score in zip(page, scores, strict=True) if score is None]
+                    cursor = "(" + page[-1]
                 if len(page) < count:
                     cursor = "-"  # the end: next time from the start
                     break
-                if len(deliveries) >= count:
+                if len(idle) >= count:
                     break
             self._reclaim_from[(key, group)] = cursor
-            ids = list(deliveries)
-            if not ids:
+            if not idle:
                 continue
-            claimed = await self.redis.xclaim(key, group, consumer, lease_ms, ids)
+            claimed = await self.redis.xclaim(key, group, consumer, lease_ms, idle)
             got = {_s(i): f for i, f in claimed if f}
-            for stream_id in ids:
+            for stream_id in idle:
                 if stream_id in got:
-                    out.entries.append(
-                        _pending(kind, stream_id, partition, got[stream_id], deliveries=deliveries[stream_id] + 1)
-                    )
+                    # Attempts are counted from the attempt records, not the pending list's delivery
+                    # count: that one also counts entries a worker read ahead and never started.
+                    out.entries.append(_pending(kind, stream_id, partition, got[stream_id], recovered=True))
                 elif not await self.redis.xrange(key, stream_id, stream_id):
                     out.lost += 1
         return out
@@ -296,10 +301,11 @@ def is_missing_group(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and str(exc).startswith("NOGROUP")
 
 
-def _pending(kind: str, stream_id: str, partition: int, fields: dict[bytes, bytes], deliveries: int = 1) -> Pending:
+def _pending(kind: str, stream_id: str, partition: int, fields: dict[bytes, bytes], deliveries: int = 1,
+             recovered: bool = False) -> Pending:
     entry_id = stream_id if kind == LOG else _s(fields.get(b"_entry", stream_id.encode()))
     return Pending(kind=kind, stream_id=stream_id, entry_id=entry_id, partition=partition,
-                   fields=fields, deliveries=deliveries)
+                   fields=fields, deliveries=2 if recovered else deliveries, recovered=recovered)
 
 
 def _by_stream(entries: Iterable[Pending]) -> dict[tuple[str, int], list[str]]:

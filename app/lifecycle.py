@@ -125,6 +125,7 @@ def _state(
     event_type = str(record.event.get("type", ""))
     if spec is not None and not any(fnmatch.fnmatchcase(event_type, t) for t in spec.get("types", ["*"])):
         return GroupState(group=name, state="skipped")
+    attempts = _told(attempts)
     state = GroupState(group=name, state="succeeded", attempts=attempts)
     last = attempts[-1] if attempts else None
     if last is not None:
@@ -134,15 +135,23 @@ def _state(
             state.next_attempt_at_ms = last.next_at_ms
     elif pel:
         state.state = "in-progress"
-        state.consumer, state.idle_ms = _s(pel[0]["consumer"]), int(pel[0]["time_since_delivered"])
     elif _after(record.entry_id, _s(group["last-delivered-id"])):
         state.state = "pending"
+    if state.state == "in-progress" and pel:  # who holds it, and since when
+        state.consumer, state.idle_ms = _s(pel[0]["consumer"]), int(pel[0]["time_since_delivered"])
     return state
+
+
+def _told(attempts: list[Attempt]) -> list[Attempt]:
+    """The attempt records worth showing: a start followed by its own attempt's outcome adds nothing;
+    one followed by another attempt is an attempt its worker never finished (it stopped meanwhile)."""
+    return [a for a, after in zip(attempts, [*attempts[1:], None])  # noqa: B905 - the last has none after it
+            if not (a.outcome == "started" and after is not None and after.attempt == a.attempt)]
 
 
 # The state an event is in after its latest attempt record.
 _AFTER_OUTCOME = {"dead-lettered": "dead-lettered", "failed": "retrying", "replayed": "pending",
-                  "succeeded": "succeeded", "invalid": "dead-lettered"}
+                  "started": "in-progress", "succeeded": "succeeded", "invalid": "dead-lettered"}
 
 
 def _after(entry_id: str, last_delivered: str) -> bool:

@@ -15,7 +15,7 @@ import sys
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, is_missing_group, now_ms
@@ -59,6 +59,56 @@ class Outage:
         self.delay_s = 0.1
 
 
+class Isolation:
+    """Lets a suspect delivery run with no other handler of this process running.
+
+    A delivery that was running when its worker stopped may be what stopped it (a poison pill) or
+    merely have run beside one. Run alone, it either finishes or proves to be the culprit. Every
+    handler passes the gate (a counter on the hot path); a suspect closes it, waits for the handlers
+    running to finish, runs, and opens it again.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0  # handlers running past the open gate
+        self.open = asyncio.Event()
+        self.open.set()
+        self._lock = asyncio.Lock()  # one suspect at a time
+
+    async def close(self, wait_s: float) -> bool:
+        """Close the gate; True when every running handler finished within `wait_s` (the suspect
+        then runs alone), False when some still run (a hung one: it runs anyway, not alone)."""
+        await self._lock.acquire()
+        self.open.clear()
+        try:
+            deadline = time.monotonic() + wait_s
+            while self.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        except BaseException:
+            self.leave(closed=True)
+            raise
+        return not self.running
+
+    def enter(self) -> bool:
+        """Pass the gate when it is open (the hot path: no await); False when closed."""
+        if self.open.is_set():
+            self.running += 1
+            return True
+        return False
+
+    async def entered(self) -> None:
+        """Pass the gate once it opens."""
+        while not self.enter():
+            await self.open.wait()
+
+    def leave(self, closed: bool) -> None:
+        """A handler finished: the one that closed the gate opens it."""
+        if closed:
+            self.open.set()
+            self._lock.release()
+        else:
+            self.running -= 1
+
+
 @dataclass
 class Observers:
     """Where a runner reports: metrics, error monitoring, and span export (None: off)."""
@@ -66,6 +116,7 @@ class Observers:
     metrics: Metrics
     errors: ErrorTracker
     tracer: Tracer | None = None
+    isolation: Isolation = field(default_factory=Isolation)  # shared by the runner's loops: one per process
 
     @classmethod
     def from_settings(cls, dispatch: Dispatch) -> Observers:
@@ -99,6 +150,7 @@ class GroupLoop:
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
         self._next_reclaim = 0.0
         self._wanted: dict[bytes, bool] = {}
+        self._suspects: dict[int, bool] = {}  # id(entry) -> whether its last start ran alone (_attempt_numbers)
         self._lanes = max(1, consumer.concurrency)
         self._queues: list[asyncio.Queue[tuple[Pending, int] | None]] = [
             asyncio.Queue() for _ in range(self._lanes if self.ordered else 1)]
@@ -199,8 +251,8 @@ class GroupLoop:
     async def _own(self, after: tuple[str, str]) -> Claimed:
         claimed = await self.dispatch.read(self.consumer.name, self.name, self.partition,
                                            self.consumer.batch_size, None, own=after)
-        for entry in claimed.entries:
-            entry.deliveries = 2
+        for entry in claimed.entries:  # left pending by this name's last process: it stopped before the ack
+            entry.deliveries, entry.recovered = 2, True
         return claimed
 
     async def _take(self, claimed: Claimed) -> None:
@@ -219,13 +271,20 @@ class GroupLoop:
                 break
         attempts = await self._attempt_numbers(entries)
         queues = self._queues
+        queued = False
         for entry, attempt in zip(entries, attempts, strict=True):
+            if attempt is None:  # left pending after it succeeded (its worker stopped before the ack)
+                self._acks.append(entry)
+                self._ack_wanted.set()
+                continue
+            queued = True
             self._held[id(entry)] = entry
             # An ordered consumer's lane by partition key: one key's events run one at a time, in order.
             lane = 0 if len(queues) == 1 else zlib.crc32(stored_partition_key(entry.fields).encode()) % len(queues)
             queue = queues[lane]
             queue.put_nowait((entry, attempt))
-        self._idle.clear()
+        if queued:
+            self._idle.clear()
         if len(self._held) >= self._high_water:
             self._room.clear()
 
@@ -316,15 +375,22 @@ class GroupLoop:
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 log.warning("lease renewal failed: %s", exc)
 
-    async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int]:
-        # Redeliveries and replays continue the attempt count kept in the attempt records.
+    async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int | None]:
+        """Each entry's attempt number; None for one recovered after it succeeded (only acked now).
+        Redeliveries and replays continue the count kept in the attempt records; a recovered entry
+        whose last record is a start was running when its worker stopped: a suspect (`_suspects`)."""
         again = [e for e in entries if e.deliveries > 1 or e.kind != LOG]
         if not again:
             return [1] * len(entries)
         last = dict(zip(map(id, again), await self.dispatch.last_attempt(self.consumer.name, again), strict=True))
-        numbers = []
+        numbers: list[int | None] = []
         for entry in entries:
             record = last.get(id(entry))
+            if entry.recovered and record is not None and record.outcome in ("started", "succeeded"):
+                if record.outcome == "succeeded":
+                    numbers.append(None)
+                    continue
+                self._suspects[id(entry)] = bool(record.alone)
             numbers.append(max(entry.deliveries if id(entry) in last else 1, record.attempt + 1 if record else 1))
         return numbers
 
@@ -339,21 +405,27 @@ class GroupLoop:
 
     async def _handle_one(self, entry: Pending, attempt: int) -> bool:
         """Run the handler (an ordered consumer: until it succeeds or gives up); True to ack the entry."""
+        # None, or (a suspect: it was running when its worker stopped) whether its last start ran alone
+        suspect = self._suspects.pop(id(entry), None) if self._suspects else None
         event_type = entry.fields.get(b"type")
         if event_type is not None and not self._wants(event_type):
             self._outcome["skipped"].n += 1
             return True  # not for this consumer: acknowledged without calling the handler
         delivery = Delivery(entry, self.consumer.name, attempt)
-        if b"_v" not in entry.fields:  # written straight into the stream: check it, never trust it
-            from app.schemas import schemas_for  # only direct writes need the validators: a lean start-up
-
-            problems = delivery.record.problems or await schemas_for(self.dispatch).problems_of(delivery.record)
-            if problems:
-                await self._dead(delivery, "invalid", "; ".join(problems), None, 0.0)
-                return False
+        if b"_v" not in entry.fields and await self._invalid(delivery):  # written straight into the stream
+            return False
+        gate = self.observers.isolation
+        closed = False  # this delivery holds the gate: no other handler of this process runs meanwhile
+        if attempt > 1 and (closed := await self._starting(delivery, suspect)) is None:
+            return False  # dead-lettered unrun
+        if not closed and not gate.enter():
+            await gate.entered()  # a suspect is running alone: wait for it
         started = time.perf_counter()
         try:
-            await self.consumer.handler(delivery)
+            try:
+                await self.consumer.handler(delivery)
+            finally:
+                gate.leave(closed)
         except Permanent as exc:
             self._ran(delivery, started, exc)
             await self._dead(delivery, "permanent", message_of(exc), type(exc).__name__, started, exc)
@@ -376,6 +448,39 @@ class GroupLoop:
             await self.dispatch.record(self.consumer.name, entry, self._attempt(delivery, "succeeded", started))
         self._outcome["succeeded"].n += 1
         return True
+
+    async def _invalid(self, delivery: Delivery) -> bool:
+        """Dead-letter an entry written straight into the stream that fails its checks (never trusted)."""
+        from app.schemas import schemas_for  # only direct writes need the validators: a lean start-up
+
+        problems = delivery.record.problems or await schemas_for(self.dispatch).problems_of(delivery.record)
+        if problems:
+            await self._dead(delivery, "invalid", "; ".join(problems), None, 0.0)
+        return bool(problems)
+
+    async def _starting(self, delivery: Delivery, suspect: bool | None) -> bool | None:
+        """Record that a repeated attempt begins, before its handler runs, so an attempt that kills
+        the worker (out of memory, an abort in C code) still counts. A suspect (it was running when
+        its worker stopped) runs alone: True when it closed the gate (`Isolation`). None when it is
+        dead-lettered unrun instead: its attempts are used up and the last one, run alone, ended
+        with its worker: a poison pill that would kill every worker reading it. One that was not
+        alone then (others ran beside it) gets one more attempt, alone, before it is judged."""
+        entry, limit = delivery.pending, self.consumer.max_attempts
+        if delivery.attempt > limit and (suspect or delivery.attempt > limit + 1):
+            done = Delivery(entry, self.consumer.name, delivery.attempt - 1)
+            await self._dead(done, "max-attempts", f"its worker stopped while attempt {done.attempt} ran (crashed, "
+                             f"was killed, or was cut off at shutdown); max_attempts is {limit}", "WorkerStopped", 0.0)
+            return None
+        closed = suspect is not None or delivery.attempt > limit
+        alone = await self.observers.isolation.close(self.consumer.lease_s) if closed else None
+        try:
+            await self.dispatch.record(self.consumer.name, entry, Attempt(
+                attempt=delivery.attempt, outcome="started", at_ms=now_ms(), consumer=self.name, alone=alone))
+        except BaseException:
+            if closed:
+                self.observers.isolation.leave(closed)
+            raise
+        return closed
 
     def _ran(self, delivery: Delivery, started: float, exc: BaseException | None) -> None:
         elapsed = time.perf_counter() - started

@@ -12,14 +12,16 @@ import pytest
 from litestar.connection import ASGIConnection
 
 from app.dispatch import Attempt
+from app.events import Record
 from app.lifecycle import GroupState
+from app.lifecycle import _state as lifecycle_state
 from app.overview import GroupStatus, Throughput
 from app.retention import Holdback
 from app.service import EventDetail
 from app.settings import Settings
 from app.web.dashboard.auth import safe_next
 from app.web.dashboard.charts import _nice_ceiling, bar_chart
-from app.web.dashboard.pages import form_time, held_groups, retention_policy
+from app.web.dashboard.pages import form_time, held_groups, lifecycle_partial, retention_policy
 from app.web.dashboard.render import ago, duration, fmt_time, minute_ago, number, period, pretty_data, render
 from app.web.dashboard.trace import trace_of
 from app.web.security import client_address, is_https, tokens_match
@@ -189,3 +191,27 @@ def test_no_dashboard_module_talks_to_redis_itself() -> None:
                 assert not any(n.split(".")[0] == "redis" for n in names), f"{module.name} imports redis"
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("redis", "execute_command", "pipeline"), f"{module.name}: .{node.attr}"
+
+
+def test_an_attempt_whose_worker_stopped_shows_as_never_finished_and_finished_starts_are_folded() -> None:
+    # Every attempt after the first is recorded as it starts (so one that kills its worker counts);
+    # a start followed by its own outcome says nothing more, one followed by the next attempt never ended.
+    records = [Attempt(attempt=2, outcome="started", at_ms=1, consumer="w1"),
+               Attempt(attempt=3, outcome="started", at_ms=2, consumer="w1"),
+               Attempt(attempt=3, outcome="failed", at_ms=3, consumer="w1", error="boom", next_at_ms=9),
+               Attempt(attempt=4, outcome="started", at_ms=4, consumer="w2")]
+    group = {"name": b"mail", "last-delivered-id": b"1-0"}
+    record = Record(entry_id="1-0", partition=0, direct=False, event={"type": "t"})
+    pel = [{"consumer": b"w2", "time_since_delivered": 1500}]
+    state = lifecycle_state(record, group, None, records, pel)
+    assert [(a.attempt, a.outcome) for a in state.attempts] == [(2, "started"), (3, "failed"), (4, "started")]
+    assert (state.state, state.attempt, state.consumer, state.idle_ms) == ("in-progress", 4, "w2", 1500)
+    html = lifecycle_partial(_detail(None, [state]))
+    assert "Attempt 2 never finished: its worker stopped" in html
+    assert "Attempt 3 failed" in html
+    assert "Attempt 4 started" in html
+    assert "being handled by w2 for 1.5 s" in html
+    finished = lifecycle_state(record, group, None, [*records, Attempt(attempt=4, outcome="succeeded", at_ms=5)], [])
+    assert [(a.attempt, a.outcome) for a in finished.attempts][-1] == (4, "succeeded")
+    assert finished.state == "succeeded"
+    assert (4, "started") not in [(a.attempt, a.outcome) for a in finished.attempts]
