@@ -103,8 +103,9 @@ async def _show(svc: Any, args: argparse.Namespace) -> Any:
 
 
 async def _register(svc: Any, args: argparse.Namespace) -> Any:
-    from app.schemas import TypeChange
+    from app.schemas import TypeChange, check_text
 
+    check_text({"description": args.description, "owner": args.owner, "note": args.note}, "--{}")
     change = TypeChange(description=args.description, owner=args.owner, mode=args.mode,
                         schema=_read_json(args.schema) if args.schema else None, force=args.force, note=args.note)
     registered, version = await svc.schemas.register(args.name, change)
@@ -112,6 +113,9 @@ async def _register(svc: Any, args: argparse.Namespace) -> Any:
 
 
 async def _add_version(svc: Any, args: argparse.Namespace) -> Any:
+    from app.schemas import check_text
+
+    check_text({"note": args.note}, "--{}")
     return await svc.schemas.add_version(args.name, _read_json(args.schema), force=args.force, note=args.note)
 
 

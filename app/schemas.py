@@ -70,6 +70,21 @@ class Mode(enum.StrEnum):
     OFF = "off"
 
 
+# Free text kept with a type and its versions, in characters: a type's description (a paragraph), who
+# owns it (a team, a person) and a version's note. Checked wherever it arrives (HTTP, the CLI), so no
+# one stores a megabyte that every Types page then reads and shows.
+MAX_TEXT = {"description": 2000, "owner": 200, "note": 2000}
+
+
+def check_text(fields: dict[str, str | None], pointer: str = "/{}") -> None:
+    """InvalidEvent naming every free-text field longer than its cap (`pointer` formats each field's
+    name: `/description` over HTTP, `--description` on the command line)."""
+    problems = [FieldProblem(pointer.format(name), f"at most {MAX_TEXT[name]} characters")
+                for name, value in fields.items() if value is not None and len(value) > MAX_TEXT[name]]
+    if problems:
+        raise InvalidEvent(problems)
+
+
 class EventType(msgspec.Struct, kw_only=True):
     """A registered event type; `version` is its current schema version (0: no schema yet)."""
 
@@ -360,6 +375,7 @@ class Schemas:
 
         Nothing changes when that schema is invalid, or would reject recent events without `force`."""
         check_type_name(name)
+        check_text({"description": change.description, "owner": change.owner, "note": change.note})
         found = await self._find(name)
         plan = None
         if change.schema is not None:
@@ -384,6 +400,7 @@ class Schemas:
 
         Raises SchemaConflict when recent events would fail and `force` is false. The same schema as
         the current version saves nothing and returns the current version."""
+        check_text({"note": note})
         current = (await self.get(name)).version
         return await self._commit(name, *await self._plan(name, schema, current, force, note))
 

@@ -24,20 +24,6 @@ from app.web.problems import problem
 
 AnyRequest = Request[Any, Any, Any]
 
-# Free text kept with a type and its versions, in characters: a type's description (a paragraph),
-# who owns it (a team, a person) and a version's note. Checked here, where it arrives over HTTP.
-MAX_TEXT = {"description": 2000, "owner": 200, "note": 2000}
-
-
-def check_text(**fields: str | None) -> None:
-    """A 422 naming every free-text field longer than its cap: they were stored as sent, so a
-    megabyte of description went into the registry and onto every Types page."""
-    problems = [FieldProblem(f"/{name}", f"at most {MAX_TEXT[name]} characters")
-                for name, value in fields.items() if value is not None and len(value) > MAX_TEXT[name]]
-    if problems:
-        raise InvalidEvent(problems)
-
-
 class NewVersion(msgspec.Struct, forbid_unknown_fields=True):
     """A schema version to add; `force` saves it even when recent events would fail it."""
 
@@ -74,7 +60,6 @@ async def get_type(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
 async def put_type(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     svc = await _operator(request)
     change = _decode(await request.body(), TypeChange)
-    check_text(description=change.description, owner=change.owner, note=change.note)
     try:
         registered, version = await svc.schemas.register(name, change)
     except SchemaConflict as exc:
@@ -87,7 +72,6 @@ async def put_type(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
 async def add_version(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     svc = await _operator(request)
     body = _decode(await request.body(), NewVersion)
-    check_text(note=body.note)
     try:
         version = await svc.schemas.add_version(name, body.schema, force=body.force, note=body.note)
     except SchemaConflict as exc:

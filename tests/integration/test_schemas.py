@@ -321,3 +321,33 @@ async def test_the_cli_registers_versions_and_dry_runs(services: Services, setti
     assert (code, verdict["outcome"], verdict["valid"]) == (0, "accepted", True), err
     code, _, err = await cli("types", "validate", "order.created", str(tmp_path / "missing.json"))
     assert code != 0 and b"cannot read" in err and b"Traceback" not in err
+
+
+@pytest.mark.parametrize(("field", "cap"), [("description", 2000), ("owner", 200), ("note", 2000)])
+async def test_the_cli_refuses_free_text_longer_than_its_cap_in_one_line(
+    services: Services, settings: Settings, field: str, cap: int
+) -> None:
+    # `eventflow types register` stored free text of any size, while the API refused it.
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await cli("types", "register", "order.created", f"--{field}", "x" * (cap + 1))
+    assert (code, out) == (1, "")
+    assert err == f"eventflow: --{field}: at most {cap} characters\n"
+    assert await services.schemas.registered() == []
+    code, _, err = await cli("types", "register", "order.created", f"--{field}", "é" * cap)  # characters
+    assert code == 0, err
+    if field == "note":
+        # The note is refused before the schema file is read (this one does not exist).
+        code, out, err = await cli("types", "add-version", "order.created", "/nonexistent/schema.json",
+                                   "--note", "x" * (cap + 1))
+        assert (code, out, err) == (1, "", f"eventflow: --note: at most {cap} characters\n")
+    with pytest.raises(InvalidEvent) as refused:  # and the service itself, whoever calls it
+        await services.schemas.register("order.created", TypeChange(**{field: "x" * (cap + 1)}))
+    assert [p.pointer for p in refused.value.problems] == [f"/{field}"]
