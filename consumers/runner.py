@@ -149,6 +149,9 @@ class Runner:
         self.reading: dict[str, set[int]] = {c.name: set() for c in self.consumers}  # partitions read now
         self.observers = observers or Observers.from_settings(self.dispatch)
         self.claim = NameClaim(redis, self.dispatch.keys, name, [c.name for c in self.consumers])
+        # Another process took the name while this one stalled: the seats and the group membership
+        # are the name's, so they are that process's now, and this one must not give them back.
+        self.name_lost = False
 
     async def setup(self) -> None:
         """Create groups and publish each consumer's settings (idempotent; retried while Redis is down)."""
@@ -240,6 +243,7 @@ class Runner:
                   "the claim's %.0f s: stopping, so that the two do not read as one consumer. Give each worker "
                   "process its own EVENTFLOW_CONSUMER_ID (or its own EVENTFLOW_WORKER_SLOT on one host)",
                   self.name, other.describe(), CLAIM_TTL_MS / 1000)
+        self.name_lost = True
         self.stop.set()
 
     async def _beat(self) -> Holder | None:
@@ -293,6 +297,8 @@ class _Reading:
     async def _give_back(self, partition: int, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(Exception):
             await task
+        if self.runner.name_lost:
+            return  # the seat is the name's: the process holding the name now holds it
         with contextlib.suppress(Exception):  # it expires anyway
             await self.seats.release(partition)
 
@@ -308,5 +314,7 @@ class _Reading:
             loop.stop()
         self.runner.reading[self.consumer.name] = set()
         await asyncio.gather(*(task for _, task in self.running.values()), *self.leaving, return_exceptions=True)
+        if self.runner.name_lost:
+            return  # the seats and the membership are the name's: the process holding it now has them
         with contextlib.suppress(Exception):  # the seats expire anyway
             await self.seats.leave_group()

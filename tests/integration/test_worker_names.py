@@ -5,6 +5,7 @@ most the claim's TTL for its previous incarnation's claim to lapse."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -21,7 +22,8 @@ from redis.asyncio import Redis
 from app.keys import Keys
 from app.service import Services
 from app.settings import Settings
-from consumers.runner import CLAIM_TTL_MS
+from consumers.base import Consumer, Delivery
+from consumers.runner import CLAIM_TTL_MS, Runner
 from tests.integration.helpers import wait_for
 from tests.integration.test_workers import ROOT, Workers, post_many, seen_counts, wait_all_seen
 
@@ -128,3 +130,32 @@ async def test_a_worker_restarted_after_kill_9_starts_within_the_claim_ttl(
     log = workers.log("restarted")
     if "is held by another" in log:  # its previous incarnation's claim had not lapsed yet: it waited for it
         assert f"pid {killed.pid}" in log and "consumer name 'slot-1' is free now" in log
+
+
+async def test_a_worker_whose_name_was_taken_leaves_the_seats_to_the_new_holder(
+    redis: Redis, settings: Settings
+) -> None:
+    # The seats and the group's member list know a worker by its name. The stalled worker's
+    # shutdown gave them back, so the process that now holds the name lost its seat (another worker
+    # could take the partition) and was no longer counted among the group's workers.
+    async def handler(delivery: Delivery) -> None:
+        pass
+
+    keys = Keys(settings.prefix)
+    stalled = Runner([Consumer("jobs", handler)], redis, settings, "w1")
+    stalled_run = asyncio.create_task(stalled.run())
+    await wait_for(lambda: stalled.reading["jobs"] == {0}, 10)
+    await redis.delete(keys.heartbeat("w1"))  # it stalled past the claim's TTL...
+    taker = Runner([Consumer("jobs", handler)], redis, settings, "w1")  # ...and another process took the name
+    taker_run = asyncio.create_task(taker.run())
+    try:
+        await wait_for(lambda: taker.reading["jobs"] == {0}, 10)
+        await asyncio.wait_for(stalled_run, 10)  # its next beat found the name taken: it stopped
+        assert stalled.stop.is_set()
+        assert await redis.get(keys.seat(0, "jobs", 0)) == b"w1"
+        assert await redis.zrange(keys.group_members("jobs"), 0, -1) == [b"w1"]
+        assert taker.reading["jobs"] == {0} and len(taker.loops) == 1
+    finally:
+        taker.stop.set()
+        await asyncio.wait_for(taker_run, 10)
+    assert await redis.get(keys.seat(0, "jobs", 0)) is None  # the holder's own stop gives them back
