@@ -71,6 +71,9 @@ class Consumer:
     concurrency: int = 16
     batch_size: int = 100
     lease_s: float = 30.0
+    # A handler running longer is stopped and the attempt fails (retried with the backoff); None: no
+    # limit. Without one, a hung handler kept its event in hand, its lease renewed, for ever.
+    timeout_s: float | None = 300.0
     start: Literal["beginning", "now"] = "beginning"
     # One partition key at a time, in log order: a later event runs only once the one before it
     # succeeded or was dead-lettered (its retries wait in place, holding up that key and its lane).
@@ -85,6 +88,9 @@ class Consumer:
         problems = []
         if not (isinstance(self.lease_s, int | float) and 0 < self.lease_s < math.inf):
             problems.append(f"lease_s must be a positive number of seconds, not {self.lease_s!r}")
+        timeout_s = self.timeout_s
+        if timeout_s is not None and not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
+            problems.append(f"timeout_s must be a positive number of seconds or None, not {self.timeout_s!r}")
         if self.start not in ("beginning", "now"):
             problems.append(f"start must be 'beginning' or 'now', not {self.start!r}")
         if isinstance(self.types, str):
@@ -107,6 +113,7 @@ class Consumer:
             "backoff": {"base_s": self.backoff.base_s, "factor": self.backoff.factor,
                         "cap_s": self.backoff.cap_s, "jitter": self.backoff.jitter},
             "concurrency": self.concurrency, "batch_size": self.batch_size, "lease_s": self.lease_s,
+            "timeout_s": self.timeout_s,
             "start": self.start, "ordered": self.ordered, "description": self.description,
         }
 

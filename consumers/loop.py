@@ -109,6 +109,28 @@ class Isolation:
             self.running -= 1
 
 
+class HandlerTimeout(TimeoutError):
+    """The handler ran past its consumer's `timeout_s` and was stopped: a failed attempt (retried)."""
+
+
+class Lane:
+    """One handler lane: the task, and since when its handler runs (0: none runs)."""
+
+    __slots__ = ("since", "task", "timed_out")
+
+    def __init__(self) -> None:
+        self.since = 0.0
+        self.task: asyncio.Task[None] = None  # type: ignore[assignment] # set once the task exists
+        self.timed_out = False  # the watchdog cancelled the running handler
+
+    def finish_timeout(self, timeout_s: float | None) -> None:
+        """The handler the watchdog cancelled has ended: take its cancellation back and fail the
+        attempt with HandlerTimeout instead (unless the task is also being stopped: shutdown)."""
+        self.timed_out = False
+        if self.task.uncancel() == 0:
+            raise HandlerTimeout(f"the handler ran longer than timeout_s ({timeout_s:g} s) and was stopped")
+
+
 @dataclass
 class Observers:
     """Where a runner reports: metrics, error monitoring, and span export (None: off)."""
@@ -161,6 +183,7 @@ class GroupLoop:
         self._idle = asyncio.Event()  # nothing in hand
         self._idle.set()
         self._acks: list[Pending] = []
+        self._running: list[Lane] = []  # the handler lanes, for the watchdog
         self._ack_wanted = asyncio.Event()
         self._ack_lock = asyncio.Lock()
         self.observers = observers or Observers(default_metrics(), ErrorTracker(dispatch.redis, dispatch.settings))
@@ -186,8 +209,14 @@ class GroupLoop:
         self._idle.set()
 
     async def run(self) -> None:
-        lanes = [asyncio.create_task(self._lane(self._queues[i % len(self._queues)])) for i in range(self._lanes)]
+        for i in range(self._lanes):
+            lane = Lane()
+            lane.task = asyncio.create_task(self._lane(self._queues[i % len(self._queues)], lane))
+            self._running.append(lane)
+        lanes = [lane.task for lane in self._running]
         helpers = [asyncio.create_task(self._acker()), asyncio.create_task(self._renewer())]
+        if self.consumer.timeout_s is not None:
+            helpers.append(asyncio.create_task(self._watchdog(self.consumer.timeout_s)))
         try:
             await self._read()
             for queue in self._queues:  # after what is queued (ordered lanes stop before it)
@@ -309,12 +338,12 @@ class GroupLoop:
         fresh = await self.dispatch.read(group, self.name, self.partition, batch, block_ms)
         return Claimed(fresh.entries, out.lost + fresh.lost)
 
-    async def _lane(self, queue: asyncio.Queue[tuple[Pending, int] | None]) -> None:
+    async def _lane(self, queue: asyncio.Queue[tuple[Pending, int] | None], lane: Lane) -> None:
         while (item := await queue.get()) is not None:
             entry, attempt = item
             while True:
                 try:
-                    acked = await self._handle_one(entry, attempt)
+                    acked = await self._handle_one(entry, attempt, lane)
                     break
                 except Exception as exc:  # noqa: BLE001 - Redis failed while recording the outcome
                     if not self.ordered:  # left pending: delivered again after the lease
@@ -375,6 +404,19 @@ class GroupLoop:
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 log.warning("lease renewal failed: %s", exc)
 
+    async def _watchdog(self, timeout_s: float) -> None:
+        """Stop handlers running past the consumer's timeout_s (a hung one kept its lease renewed, and
+        its event in hand, for ever). A timer per delivery (asyncio.timeout) cost more than the rest
+        of a fast delivery; one look a second (or four per timeout) costs nothing per event."""
+        every = min(1.0, timeout_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            limit = time.perf_counter() - timeout_s
+            for lane in self._running:
+                if lane.since and lane.since < limit and not lane.timed_out:
+                    lane.timed_out = True
+                    lane.task.cancel()
+
     async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int | None]:
         """Each entry's attempt number; None for one recovered after it succeeded (only acked now).
         Redeliveries and replays continue the count kept in the attempt records; a recovered entry
@@ -403,7 +445,7 @@ class GroupLoop:
             wanted = self._wanted[event_type] = self.consumer.wants(event_type.decode(errors="replace"))
         return wanted
 
-    async def _handle_one(self, entry: Pending, attempt: int) -> bool:
+    async def _handle_one(self, entry: Pending, attempt: int, lane: Lane) -> bool:
         """Run the handler (an ordered consumer: until it succeeds or gives up); True to ack the entry."""
         # None, or (a suspect: it was running when its worker stopped) whether its last start ran alone
         suspect = self._suspects.pop(id(entry), None) if self._suspects else None
@@ -420,26 +462,29 @@ class GroupLoop:
             return False  # dead-lettered unrun
         if not closed and not gate.enter():
             await gate.entered()  # a suspect is running alone: wait for it
-        started = time.perf_counter()
+        started = lane.since = time.perf_counter()  # the watchdog stops a handler running past timeout_s
         try:
             try:
                 await self.consumer.handler(delivery)
             finally:
+                lane.since = 0.0
                 gate.leave(closed)
+                if lane.timed_out:
+                    lane.finish_timeout(self.consumer.timeout_s)
         except Permanent as exc:
             self._ran(delivery, started, exc)
             await self._dead(delivery, "permanent", message_of(exc), type(exc).__name__, started, exc)
             return False
         except Retry as exc:
             self._ran(delivery, started, exc)
-            return await self._failed(delivery, exc, exc.delay_s, started)
+            return await self._failed(delivery, exc, exc.delay_s, started, lane)
         except BaseException as exc:  # every other failure is transient by contract
             # Not only Exceptions: a BaseException (or a CancelledError not aimed at this task) that
             # escaped here killed the lane with the event in hand, its lease renewed for ever.
             if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
                 raise
             self._ran(delivery, started, exc)
-            return await self._failed(delivery, exc, None, started)
+            return await self._failed(delivery, exc, None, started, lane)
         elapsed = time.perf_counter() - started  # inlined _ran(): this is the path every event takes
         self._durations.append(elapsed)
         if self.tracer is not None:
@@ -488,7 +533,8 @@ class GroupLoop:
         if self.tracer is not None:
             self.tracer.delivery(delivery, elapsed, exc)
 
-    async def _failed(self, delivery: Delivery, exc: BaseException, delay_s: object, started: float) -> bool:
+    async def _failed(self, delivery: Delivery, exc: BaseException, delay_s: object, started: float,
+                      lane: Lane) -> bool:
         if delivery.attempt >= self.consumer.max_attempts:
             await self._dead(delivery, "max-attempts", message_of(exc), type(exc).__name__, started, exc)
             return False
@@ -513,7 +559,7 @@ class GroupLoop:
         await sleep_unless(self.halt, wait_s)
         if self.halt.is_set():
             return False  # stays pending: the partition's next reader starts from it
-        return await self._handle_one(delivery.pending, delivery.attempt + 1)
+        return await self._handle_one(delivery.pending, delivery.attempt + 1, lane)
 
     async def _dead(self, delivery: Delivery, reason: str, error: str, error_type: str | None, started: float,
                     exc: BaseException | None = None) -> None:

@@ -715,3 +715,45 @@ async def test_a_dead_letter_with_more_fields_than_a_script_call_takes_is_replay
     assert await services.dead_letters.list(Filter()) == []
     replayed = await Dispatch(redis, settings).attempts("wide", home_partition(settings), wide)
     assert [a.outcome for a in replayed] == ["dead-lettered", "replayed", "succeeded"]
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+@pytest.mark.parametrize("swallows", [False, True], ids=["hangs", "swallows-the-cancel"])
+async def test_a_handler_running_past_its_timeout_is_stopped_and_retried(
+    services: Services, run_consumers: Callable[..., Runner], ordered: bool, swallows: bool,
+) -> None:
+    # A hung handler kept its event in hand, its lease renewed, for ever: nothing else ever took it.
+    runs: list[int] = []
+    others: list[str] = []
+
+    async def handle(delivery: Delivery) -> None:
+        if delivery.data != "stuck":
+            others.append(delivery.data)
+            return
+        runs.append(delivery.attempt)
+        if delivery.attempt == 1:
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                if not swallows:
+                    raise
+                await asyncio.sleep(0.05)  # a handler that takes the cancellation for a hiccup
+
+    run_consumers(Consumer("hung", handle, timeout_s=0.3, ordered=ordered, concurrency=2,
+                           backoff=Backoff(base_s=0.05, jitter=0)))
+    entry_id = await post(services, b'{"type":"t","data":"stuck"}')
+    await post(services, b'{"type":"t","data":"next"}')
+
+    async def succeeded() -> bool:
+        [state] = (await services.get_event(entry_id, None)).deliveries
+        return state.state == "succeeded"
+
+    started = time.monotonic()
+    await wait_for(succeeded, 10)  # without a timeout: never
+    assert time.monotonic() - started < 5, "stopped long after its timeout"
+    assert runs == [1, 2]
+    assert others == ["next"]
+    [state] = (await services.get_event(entry_id, None)).deliveries
+    first = state.attempts[0]
+    assert (first.attempt, first.outcome, first.error_type) == (1, "failed", "HandlerTimeout")
+    assert "timeout_s (0.3 s)" in (first.error or "")

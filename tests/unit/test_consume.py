@@ -59,6 +59,9 @@ async def _noop(delivery: object) -> None:
     ({"lease_s": float("inf")}, "lease_s"),
     ({"start": "begining"}, "start"),  # a typo started the group at the end: the log was never delivered
     ({"types": "order.*"}, "types"),  # one string is its characters: "*" wanted every event
+    ({"timeout_s": 0}, "timeout_s"),  # every handler stopped at once
+    ({"timeout_s": float("nan")}, "timeout_s"),
+    ({"timeout_s": "30"}, "timeout_s"),
 ])
 def test_a_consumer_whose_settings_cannot_work_is_a_config_error_at_start_up(options: dict[str, object],
                                                                              named: str) -> None:
@@ -69,3 +72,10 @@ def test_a_consumer_whose_settings_cannot_work_is_a_config_error_at_start_up(opt
     assert named in info.value.detail and "emails" in info.value.detail
     with pytest.raises(ConfigError):
         consumer("emails", **options)(_noop)  # type: ignore[arg-type]
+
+
+def test_a_handler_timeout_of_none_is_no_limit() -> None:
+    from consumers.base import Consumer
+
+    assert Consumer("emails", _noop).timeout_s == 300.0
+    assert Consumer("emails", _noop, timeout_s=None).spec()["timeout_s"] is None
