@@ -34,6 +34,9 @@ from app.ids import new_traceparent, valid_traceparent
 
 SPECVERSION = "1.0"
 FORMAT_VERSION = "1"
+# The `_v` field ingest writes: an entry with any other (or none) was written straight into the
+# stream, and is checked, never trusted (a junk `_v` is no pass).
+INGESTED = FORMAT_VERSION.encode()
 CE_JSON = "application/cloudevents+json"
 CE_BATCH = "application/cloudevents-batch+json"
 
@@ -530,7 +533,7 @@ class Record(msgspec.Struct, kw_only=True):
     @classmethod
     def from_entry(cls, entry_id: str, partition: int, fields: Mapping[bytes, bytes]) -> Record:
         """Read a log entry; entries written directly with XADD are checked, never trusted."""
-        direct = fields.get(b"_v") is None
+        direct = fields.get(b"_v") != INGESTED
         event: dict[str, Any] = {"specversion": SPECVERSION}
         problems: list[str] = []
         extensions: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from app.connections import cancel_and_wait, is_unavailable
 from app.dispatch import LOG, Attempt, Claimed, Dispatch, Pending, is_missing_group, now_ms
 from app.errors import message_of
 from app.errortrack import ErrorTracker, reporter_from_settings
-from app.events import stored_partition_key
+from app.events import INGESTED, stored_partition_key
 from app.ids import entry_key, trace_id
 from app.metrics import Metrics, default_metrics
 from app.tracing import Tracer, from_settings
@@ -454,7 +454,7 @@ class GroupLoop:
             self._outcome["skipped"].n += 1
             return True  # not for this consumer: acknowledged without calling the handler
         delivery = Delivery(entry, self.consumer.name, attempt)
-        if b"_v" not in entry.fields and await self._invalid(delivery):  # written straight into the stream
+        if entry.fields.get(b"_v") != INGESTED and await self._invalid(delivery):  # written straight into the stream
             return False
         gate = self.observers.isolation
         closed = False  # this delivery holds the gate: no other handler of this process runs meanwhile

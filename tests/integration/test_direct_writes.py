@@ -212,3 +212,27 @@ async def test_an_index_deleted_by_hand_is_rebuilt_once_its_marker_is_deleted_to
     assert [r["entry_id"] for r in listed.json()["events"]] == [posted[n].json()["entry_id"] for n in (3, 2, 0)]
     others = await client.get("/v1/events", params={"type": "b", "limit": 50}, headers=auth)
     assert [r["entry_id"] for r in others.json()["events"]] == [posted[1].json()["entry_id"]]
+
+
+async def test_a_direct_entry_with_a_junk_format_field_is_still_checked(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings, services: Services
+) -> None:
+    # `_v` marks what ingest wrote; any `_v` used to pass as one, skipping every check.
+    bad = await xadd(redis, settings, _v="x", type="t", source="billing", time="yesterday")
+    resp = await client.get(f"/v1/events/{bad}", headers=auth)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["direct"] is True
+    handled: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        handled.append(delivery.entry_id)
+
+    async def dead() -> bool:
+        return bool(await services.dead_letters.list(Filter()))
+
+    async with consuming(redis, settings, Consumer("direct", handler)):
+        await wait_for(dead)
+    [letter] = await services.dead_letters.list(Filter())
+    assert (letter.entry_id, letter.reason) == (bad, "invalid")
+    assert "time" in letter.error, letter.error
+    assert handled == []
