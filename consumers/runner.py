@@ -176,12 +176,17 @@ class Runner:
         if not await self.claim.wait_free(self.stop):
             return  # told to stop while another process held the name: nothing was read
         beating = asyncio.create_task(self._heartbeat())
+        cut_off = False
         try:
             await self._consume()
-        finally:
+        except asyncio.CancelledError:
+            cut_off = True
+            raise
+        finally:  # given back after a failure too (at start-up, say): a restart need not wait for it
             await cancel_and_wait(beating)
-        with contextlib.suppress(Exception):  # it lapses anyway
-            await self.claim.release()
+            if not cut_off and not self.name_lost:
+                with contextlib.suppress(Exception):  # it lapses anyway
+                    await self.claim.release()
 
     async def _consume(self) -> None:
         await self.setup()

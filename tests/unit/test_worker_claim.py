@@ -142,3 +142,22 @@ async def test_a_runner_whose_name_was_taken_stops_and_says_why(
     assert runner.stop.is_set()
     [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert "'w1' was taken by another worker process" in error and "EVENTFLOW_CONSUMER_ID" in error
+
+
+async def test_a_runner_that_fails_at_start_up_gives_its_name_back(
+    redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Setup failing for good (an ACL without the stream commands, say) ended the worker with its name
+    # still claimed: the restart a process manager makes at once waited out the claim's TTL first.
+    from redis.exceptions import NoPermissionError
+
+    runner = Runner([Consumer("audit", noop)], redis, Settings(prefix=KEYS.prefix), "w1")
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise NoPermissionError("NOPERM this user has no permissions to run the 'xgroup|create' command")
+
+    monkeypatch.setattr(runner.dispatch, "ensure_groups", refused)
+    with pytest.raises(NoPermissionError):
+        await asyncio.wait_for(runner.run(), 5)
+    assert not await redis.exists(KEYS.heartbeat("w1"))
+    assert await claim(redis).beat() is None  # the restart takes the name at once
