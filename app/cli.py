@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app import __version__, cli_ops, cli_store, cli_users
+from app import __version__, cli_groups, cli_ops, cli_store, cli_users
 from app.errors import EventFlowError
 from app.settings import ENV_VARS, Settings
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.add_parsers(sub)
     cli_store.add_parsers(sub)
     cli_users.add_parser(sub)
+    cli_groups.add_parser(sub)
     _audit(sub)
     _consumers_cli(sub)
     return parser
