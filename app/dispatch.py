@@ -37,6 +37,9 @@ class Pending(msgspec.Struct, kw_only=True):
     # Left pending by a worker that stopped before finishing it (read again as its own at start-up,
     # or taken over after the lease): its last attempt may have killed that worker.
     recovered: bool = False
+    # Set by the consumer loop for a recovered delivery whose last attempt began and never ended:
+    # None (no suspect), else whether that attempt ran alone in its process.
+    suspect: bool | None = None
 
     @property
     def member(self) -> str:

@@ -65,27 +65,34 @@ class Isolation:
     A delivery that was running when its worker stopped may be what stopped it (a poison pill) or
     merely have run beside one. Run alone, it either finishes or proves to be the culprit. Every
     handler passes the gate (a counter on the hot path); a suspect closes it, waits for the handlers
-    running to finish, runs, and opens it again.
+    running to finish, runs, and opens it again. Both waits are bounded by `window_s`, so a hung
+    handler or a hung suspect holds the other consumers of the process up for seconds, not for ever:
+    a poison pill kills its worker in that time, or is taken for innocent (it runs on beside others).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
         self.running = 0  # handlers running past the open gate
         self.open = asyncio.Event()
         self.open.set()
+        self._drained = asyncio.Event()  # set when the last running handler leaves a closed gate
         self._lock = asyncio.Lock()  # one suspect at a time
+        self._reopen: asyncio.TimerHandle | None = None
 
-    async def close(self, wait_s: float) -> bool:
-        """Close the gate; True when every running handler finished within `wait_s` (the suspect
-        then runs alone), False when some still run (a hung one: it runs anyway, not alone)."""
+    async def close(self) -> bool:
+        """Close the gate; True when every running handler finished within the window (the suspect
+        then runs alone, for at most another window), False when some still run (it runs anyway)."""
         await self._lock.acquire()
         self.open.clear()
         try:
-            deadline = time.monotonic() + wait_s
-            while self.running and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            if self.running:
+                self._drained.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained.wait(), self.window_s)
         except BaseException:
             self.leave(closed=True)
             raise
+        self._reopen = asyncio.get_running_loop().call_later(self.window_s, self.open.set)
         return not self.running
 
     def enter(self) -> bool:
@@ -103,10 +110,15 @@ class Isolation:
     def leave(self, closed: bool) -> None:
         """A handler finished: the one that closed the gate opens it."""
         if closed:
+            if self._reopen is not None:
+                self._reopen.cancel()
+                self._reopen = None
             self.open.set()
             self._lock.release()
-        else:
-            self.running -= 1
+            return
+        self.running -= 1
+        if not self.running and not self.open.is_set():
+            self._drained.set()
 
 
 class HandlerTimeout(TimeoutError):
@@ -172,7 +184,6 @@ class GroupLoop:
         self._due: list[float] = []  # heap: when retries this loop scheduled itself fall due
         self._next_reclaim = 0.0
         self._wanted: dict[bytes, bool] = {}
-        self._suspects: dict[int, bool] = {}  # id(entry) -> whether its last start ran alone (_attempt_numbers)
         self._lanes = max(1, consumer.concurrency)
         self._queues: list[asyncio.Queue[tuple[Pending, int] | None]] = [
             asyncio.Queue() for _ in range(self._lanes if self.ordered else 1)]
@@ -420,7 +431,7 @@ class GroupLoop:
     async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int | None]:
         """Each entry's attempt number; None for one recovered after it succeeded (only acked now).
         Redeliveries and replays continue the count kept in the attempt records; a recovered entry
-        whose last record is a start was running when its worker stopped: a suspect (`_suspects`)."""
+        whose last record is a start was running when its worker stopped: a suspect (`Pending.suspect`)."""
         again = [e for e in entries if e.deliveries > 1 or e.kind != LOG]
         if not again:
             return [1] * len(entries)
@@ -428,11 +439,14 @@ class GroupLoop:
         numbers: list[int | None] = []
         for entry in entries:
             record = last.get(id(entry))
-            if entry.recovered and record is not None and record.outcome in ("started", "succeeded"):
-                if record.outcome == "succeeded":
+            if entry.recovered and record is not None:
+                # Only a log entry's success is its own: a replayed copy shares the event's records
+                # with the original and with earlier replays of it.
+                if record.outcome == "succeeded" and entry.kind == LOG:
                     numbers.append(None)
                     continue
-                self._suspects[id(entry)] = bool(record.alone)
+                if record.outcome == "started":
+                    entry.suspect = bool(record.alone)
             numbers.append(max(entry.deliveries if id(entry) in last else 1, record.attempt + 1 if record else 1))
         return numbers
 
@@ -447,8 +461,6 @@ class GroupLoop:
 
     async def _handle_one(self, entry: Pending, attempt: int, lane: Lane) -> bool:
         """Run the handler (an ordered consumer: until it succeeds or gives up); True to ack the entry."""
-        # None, or (a suspect: it was running when its worker stopped) whether its last start ran alone
-        suspect = self._suspects.pop(id(entry), None) if self._suspects else None
         event_type = entry.fields.get(b"type")
         if event_type is not None and not self._wants(event_type):
             self._outcome["skipped"].n += 1
@@ -458,7 +470,7 @@ class GroupLoop:
             return False
         gate = self.observers.isolation
         closed = False  # this delivery holds the gate: no other handler of this process runs meanwhile
-        if attempt > 1 and (closed := await self._starting(delivery, suspect)) is None:
+        if attempt > 1 and (closed := await self._starting(delivery)) is None:
             return False  # dead-lettered unrun
         if not closed and not gate.enter():
             await gate.entered()  # a suspect is running alone: wait for it
@@ -503,7 +515,7 @@ class GroupLoop:
             await self._dead(delivery, "invalid", "; ".join(problems), None, 0.0)
         return bool(problems)
 
-    async def _starting(self, delivery: Delivery, suspect: bool | None) -> bool | None:
+    async def _starting(self, delivery: Delivery) -> bool | None:
         """Record that a repeated attempt begins, before its handler runs, so an attempt that kills
         the worker (out of memory, an abort in C code) still counts. A suspect (it was running when
         its worker stopped) runs alone: True when it closed the gate (`Isolation`). None when it is
@@ -511,13 +523,14 @@ class GroupLoop:
         with its worker: a poison pill that would kill every worker reading it. One that was not
         alone then (others ran beside it) gets one more attempt, alone, before it is judged."""
         entry, limit = delivery.pending, self.consumer.max_attempts
+        suspect, entry.suspect = entry.suspect, None  # judged once: an ordered retry in place is no suspect
         if delivery.attempt > limit and (suspect or delivery.attempt > limit + 1):
             done = Delivery(entry, self.consumer.name, delivery.attempt - 1)
             await self._dead(done, "max-attempts", f"its worker stopped while attempt {done.attempt} ran (crashed, "
                              f"was killed, or was cut off at shutdown); max_attempts is {limit}", "WorkerStopped", 0.0)
             return None
         closed = suspect is not None or delivery.attempt > limit
-        alone = await self.observers.isolation.close(self.consumer.lease_s) if closed else None
+        alone = await self.observers.isolation.close() if closed else None
         try:
             await self.dispatch.record(self.consumer.name, entry, Attempt(
                 attempt=delivery.attempt, outcome="started", at_ms=now_ms(), consumer=self.name, alone=alone))
