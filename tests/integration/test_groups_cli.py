@@ -226,3 +226,37 @@ async def test_delete_asks_for_confirmation_without_yes(redis: Redis, settings: 
     code, out, err = await cli(settings, "groups", "delete", "asked")  # standard input is no terminal
     assert (code, out) == (1, "") and err.count("\n") == 1 and "--yes" in err
     assert "asked" in await groups_on_logs(redis, settings)
+
+
+async def test_a_group_known_only_by_its_published_settings_is_listed_and_deleted(
+    redis: Redis, settings: Settings
+) -> None:
+    from app.groups import Groups
+
+    keys = Keys(settings.prefix, settings.partitions)
+    await redis.hset(keys.consumers, "renamed", json.dumps({"types": ["*"]}))  # its streams were deleted by hand
+    [listed] = await cli_json(settings, "groups", "list")
+    assert (listed["name"], listed["partitions"], listed["pending"], listed["lag"]) == ("renamed", 0, 0, None)
+    said: list[str] = []
+    removed = await Groups(redis, settings).delete("renamed", progress=said.append)
+    assert (removed.spec, removed.log_groups) == (True, 0)
+    assert said[0] == f"partition 1/{settings.partitions}: group destroyed, replay stream and retry schedule deleted"
+    assert await cli_json(settings, "groups", "list") == []
+
+
+async def test_another_deployment_under_a_longer_prefix_keeps_its_keys(redis: Redis, settings: Settings) -> None:
+    other = settings.replace(prefix=settings.prefix + ":other")  # its tags also start with this prefix
+    planted: list[str] = []
+    for s in (settings, other):
+        await Dispatch(redis, s).ensure_groups("g")
+        keys = Keys(s.prefix, s.partitions)
+        for p in range(s.partitions):
+            planted += [keys.attempts(p, "g", "1-0"), keys.seat(p, "g", 0)]
+            await redis.rpush(planted[-2], "{}")
+            await redis.set(planted[-1], "w")
+    await cli_json(settings, "groups", "delete", "g", "--yes")
+    mine = Keys(settings.prefix, settings.partitions)
+    left = [k for k in planted if await redis.exists(k)]
+    assert left == [k for k in planted if not any(k.startswith(mine.base(p)) for p in range(settings.partitions))]
+    assert len(left) == 2 * settings.partitions
+    assert "g" in await groups_on_logs(redis, other)
