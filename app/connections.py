@@ -455,13 +455,22 @@ def unavailable(exc: BaseException, settings: Settings) -> Unavailable:
         detail = "the event store is loading its data after a restart"
     elif isinstance(exc, rx.ReadOnlyError):
         detail = "the event store is read-only (a replica or a failover in progress)"
+    elif is_exhausted(exc):
+        detail = ("the log cannot take more entries: an entry written straight into it has the largest "
+                  "possible id (an XADD with an explicit id, not *), and Redis refuses every later append")
     else:
         detail = "the event store (Redis) is unreachable"
     return Unavailable(detail, retry_after_s=settings.retry_after_s)
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, UNAVAILABLE_ERRORS) or is_full(exc)
+    return isinstance(exc, UNAVAILABLE_ERRORS) or is_full(exc) or is_exhausted(exc)
+
+
+def is_exhausted(exc: BaseException) -> bool:
+    """A stream's newest entry has the largest possible id (18446744073709551615-18446744073709551615,
+    XADDed by hand): Redis refuses every `XADD *` after it."""
+    return isinstance(exc, rx.ResponseError) and "exhausted the last possible ID" in str(exc)
 
 
 def is_full(exc: BaseException) -> bool:

@@ -54,6 +54,7 @@ end
 -- than the marker (deleted by hand with XDEL), and nothing will ever come to close that gap.
 local function catch_up(stream, marker, base, window, limit)
   local last = redis.call('GET', marker) or '0-0'
+  if last == '18446744073709551615-18446744073709551615' then return last, false end  -- nothing can follow
   local entries = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', limit)
   if #entries == 0 then return last, false end
   local runs = new_runs(base)

@@ -236,3 +236,26 @@ async def test_a_direct_entry_with_a_junk_format_field_is_still_checked(
     assert (letter.entry_id, letter.reason) == (bad, "invalid")
     assert "time" in letter.error, letter.error
     assert handled == []
+
+
+async def test_a_direct_entry_with_the_largest_possible_id_is_a_clear_503_not_a_500(
+    client: Client, auth: dict[str, str], redis: Redis, settings: Settings
+) -> None:
+    # XADD with an explicit id, not *: Redis then refuses every later append to that stream, for good
+    # (deleting the entry does not help: Redis never lowers a stream's last id below a deleted one).
+    stream = Keys(settings.prefix).stream(0)
+    future = await xadd_at(redis, stream, "99999999999999-0")  # far in the future: appends go on after it
+    accepted = await client.post("/v1/events", json={"type": "t", "data": 1}, headers=auth)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["entry_id"] > future
+    last = await xadd_at(redis, stream, "18446744073709551615-18446744073709551615")
+    refused = await client.post("/v1/events", json={"type": "t", "data": 2}, headers=auth)
+    assert refused.status_code == 503, refused.text
+    assert "largest possible id" in refused.json()["detail"]
+    listed = await client.get("/v1/events", headers=auth)
+    assert listed.status_code == 200, listed.text
+    assert last in [e["entry_id"] for e in listed.json()["events"]], listed.json()
+
+
+async def xadd_at(redis: Redis, stream: str, entry_id: str) -> str:
+    return (await redis.xadd(stream, {"type": "t", "source": "billing"}, id=entry_id)).decode()
