@@ -7,6 +7,7 @@ these tests rather than skipping them. Screenshots go to test-artifacts/ at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -95,7 +96,10 @@ def stack(redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
     consume = [str(BIN / "eventflow"), "consume", "--module", "tests.browser.stack_consumers"]
     for name, cmd in (("web", web), ("worker", consume)):
         with (logs / f"{name}.log").open("wb") as out:  # the child keeps its own copy of the file
-            stack.processes.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+            # Its own process group: granian's worker is a child process, left running (an orphan
+            # holding its port, after the suite ended) when only the parent was killed.
+            stack.processes.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                                    start_new_session=True))
     try:
         stack.wait(lambda: _answers(f"{stack.url}/healthz"), "the web process")
         stack.wait(lambda: client.hlen(f"{prefix}:consumers") == 3, "the worker's consumer groups")
@@ -104,11 +108,11 @@ def stack(redis_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
         for proc in stack.processes:
             proc.send_signal(signal.SIGTERM)
         for proc in stack.processes:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)  # past granian's --workers-kill-timeout (10 s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
+            proc.wait()
         client.close()
 
 

@@ -4,6 +4,8 @@ sent while the process was down, without a reload."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -33,7 +35,7 @@ class WebProcess:
         cmd = web_command("127.0.0.1", self.port)
         with (self.stack.logs / f"web-{self.port}.log").open("ab") as out:
             self.proc = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], env=self.stack.env, cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, start_new_session=True)  # see conftest
         self.stack.wait(lambda: _answers(f"{self.url}/healthz"), "the second web process")
 
     def stop(self, timeout_s: float) -> float:
@@ -45,8 +47,10 @@ class WebProcess:
         return time.monotonic() - started
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        """Kill what is left of it, granian's worker process included."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
 

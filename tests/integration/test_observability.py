@@ -166,7 +166,9 @@ def granian_two_workers(settings: Settings, tmp_path: Path) -> Iterator[tuple[in
     from app.devstack import _bin, web_command
 
     cmd = web_command("127.0.0.1", port, 2)
-    proc = subprocess.Popen([_bin(cmd[0]), *cmd[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its own process group, so no granian worker outlives the test when the parent has to be killed.
+    proc = subprocess.Popen([_bin(cmd[0]), *cmd[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -180,11 +182,11 @@ def granian_two_workers(settings: Settings, tmp_path: Path) -> Iterator[tuple[in
         yield port, metrics_port
     finally:
         proc.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
 
