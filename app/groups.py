@@ -25,10 +25,10 @@ from app.deadletters import DeadLetters, Filter
 from app.errors import Conflict, NotFound
 from app.ids import is_entry_id
 from app.keys import Keys
-from app.lifecycle import Lifecycle
+from app.lifecycle import Lifecycle, groups_of
+from app.metrics import RedisGauges
 from app.settings import Settings
 
-HEARTBEAT_S = 10  # a worker is alive while its heartbeat (every 3 s) is younger than this (as in app/metrics.py)
 _SCAN_COUNT = 1000
 _DELETE_CHUNK = 500
 
@@ -86,7 +86,8 @@ class Groups:
     async def live_workers(self) -> dict[str, list[str]]:
         """Group -> the live worker processes running it (their heartbeats list their consumers)."""
         now = time.time_ns() // 1_000_000
-        alive = [_s(w) for w in await self.redis.zrangebyscore(self.keys.workers, now - HEARTBEAT_S * 1000, "+inf")]
+        since = now - RedisGauges.HEARTBEAT_S * 1000  # live by the metrics' own rule
+        alive = [_s(w) for w in await self.redis.zrangebyscore(self.keys.workers, since, "+inf")]
         if not alive:
             return {}
         heartbeats = [self.keys.heartbeat(w) for w in alive]
@@ -130,18 +131,9 @@ class Groups:
             return True
         for p in range(self.keys.partitions):
             for stream in (self.keys.stream(p), self.keys.replay(p, name)):
-                if any(_s(g["name"]) == name for g in await self._groups_of(stream)):
+                if any(_s(g["name"]) == name for g in await groups_of(self.redis, stream)):
                     return True
         return False
-
-    async def _groups_of(self, stream: str) -> list[dict[Any, Any]]:
-        """XINFO GROUPS, or none when the stream does not exist."""
-        try:
-            return await self.redis.xinfo_groups(stream)  # type: ignore[no-any-return]
-        except ResponseError as exc:
-            if "no such key" not in str(exc):
-                raise
-            return []
 
     async def check(self, name: str, *, force: bool = False) -> list[str]:
         """The live workers running the group; NotFound when there is no such group, Conflict when
@@ -187,7 +179,7 @@ class Groups:
 
     async def _delete_in_partition(self, name: str, partition: int, out: Removed) -> None:
         stream = self.keys.stream(partition)
-        for g in await self._groups_of(stream):
+        for g in await groups_of(self.redis, stream):
             if _s(g["name"]) == name:
                 out.pending_dropped += int(g["pending"])
         try:

@@ -62,7 +62,7 @@ class Lifecycle:
         """The event's state in every group reading its partition."""
         p, entry_id = record.partition, record.entry_id
         stream = self.keys.stream(p)
-        groups = await self._groups_of(stream)  # none when the stream is gone: an archived event
+        groups = await groups_of(self.redis, stream)  # none when the stream is gone: an archived event
         specs = await self.specs()
         pipe = self.redis.pipeline(transaction=False)
         for g in groups:
@@ -83,22 +83,13 @@ class Lifecycle:
             out.append(_state(record, g, specs.get(name), attempts, pel))
         return sorted(out, key=lambda s: s.group)
 
-    async def _groups_of(self, stream: str) -> list[dict[Any, Any]]:
-        """XINFO GROUPS, or none when the stream does not exist (not written yet, or deleted by hand)."""
-        try:
-            return await self.redis.xinfo_groups(stream)  # type: ignore[no-any-return]
-        except ResponseError as exc:
-            if "no such key" not in str(exc):
-                raise
-            return []
-
     async def groups(self) -> list[GroupInfo]:
         """Every consumer group with its consumers, pending count and lag, summed over partitions."""
         specs = await self.specs()
         merged: dict[str, GroupInfo] = {}
         for p in range(self.keys.partitions):
             stream = self.keys.stream(p)
-            for g in await self._groups_of(stream):
+            for g in await groups_of(self.redis, stream):
                 name = _s(g["name"])
                 try:
                     consumers = await self.redis.xinfo_consumers(stream, name)
@@ -115,6 +106,16 @@ class Lifecycle:
                     info.consumers.append({"name": _s(c["name"]), "partition": p, "pending": int(c["pending"]),
                                            "idle_ms": int(c["idle"]), "inactive_ms": int(c.get("inactive", -1))})
         return sorted(merged.values(), key=lambda g: g.name)
+
+
+async def groups_of(redis: Redis, stream: str) -> list[dict[Any, Any]]:
+    """XINFO GROUPS, or none when the stream does not exist (not written yet, or deleted by hand)."""
+    try:
+        return await redis.xinfo_groups(stream)  # type: ignore[no-any-return]
+    except ResponseError as exc:
+        if "no such key" not in str(exc):
+            raise
+        return []
 
 
 def _state(
