@@ -73,16 +73,25 @@ def server_benchmark() -> Tool:
     for name in ("valkey-benchmark", "redis-benchmark"):
         if found := shutil.which(name):
             return Tool(found, name)
+    if found := apt_install("redis-tools", "redis-benchmark", "for redis-benchmark (a benchmark-only tool)"):
+        return Tool(found, "redis-benchmark (redis-tools installed now)")
+    return Tool(None, "no valkey-benchmark or redis-benchmark on PATH, and apt-get could not install "
+                      "redis-tools (Debian: apt-get install redis-tools, as root)")
+
+
+def apt_install(package: str, binary: str, why: str) -> str | None:
+    """Install a Debian package with apt-get when this is root on Debian (a benchmark-only tool);
+    the path of `binary` once it is there, else None."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return Tool(None, "no valkey-benchmark or redis-benchmark on PATH (Debian: apt-get install redis-tools)")
-    progress("installing redis-tools with apt-get for redis-benchmark (a benchmark-only tool)")
-    for command in (["apt-get", "install", "-y", "-q", "redis-tools"],
-                    ["sh", "-c", "apt-get update -q && apt-get install -y -q redis-tools"]):
+        return None
+    progress(f"installing {package} with apt-get {why}")
+    for command in (["apt-get", "install", "-y", "-q", package],
+                    ["sh", "-c", f"apt-get update -q && apt-get install -y -q {package}"]):
         try:
             subprocess.run(command, check=True, timeout=INSTALL_TIMEOUT_S, capture_output=True,
                            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         except (OSError, subprocess.SubprocessError):
             continue
-        if found := shutil.which("redis-benchmark"):
-            return Tool(found, "redis-benchmark (redis-tools installed now)")
-    return Tool(None, "apt-get install redis-tools failed; no valkey-benchmark or redis-benchmark")
+        if found := shutil.which(binary):
+            return found
+    return None
