@@ -31,6 +31,7 @@ log = logging.getLogger("eventflow.consumers")
 
 RETRY_POLL_S = 0.25  # how often a loop looks for retries that other processes scheduled
 BLOCK_MS = 250  # longest wait for new entries before looking at retries and stop again
+STUCK_AFTER_S = 10.0  # a cancelled handler running this much past its timeout (at most timeout_s) is logged
 
 
 class Outage:
@@ -128,17 +129,19 @@ class HandlerTimeout(TimeoutError):
 class Lane:
     """One handler lane: the task, and since when its handler runs (0: none runs)."""
 
-    __slots__ = ("since", "task", "timed_out")
+    __slots__ = ("delivery", "since", "stuck", "task", "timed_out")
 
     def __init__(self) -> None:
         self.since = 0.0
         self.task: asyncio.Task[None] = None  # type: ignore[assignment] # set once the task exists
         self.timed_out = False  # the watchdog cancelled the running handler
+        self.stuck = False  # ...and it ran on regardless: logged once
+        self.delivery: Delivery | None = None  # the one its handler runs (or last ran)
 
     def finish_timeout(self, timeout_s: float | None) -> None:
         """The handler the watchdog cancelled has ended: take its cancellation back and fail the
         attempt with HandlerTimeout instead (unless the task is also being stopped: shutdown)."""
-        self.timed_out = False
+        self.timed_out = self.stuck = False
         if self.task.uncancel() == 0:
             raise HandlerTimeout(f"the handler ran longer than timeout_s ({timeout_s:g} s) and was stopped")
 
@@ -424,9 +427,23 @@ class GroupLoop:
             await asyncio.sleep(every)
             limit = time.perf_counter() - timeout_s
             for lane in self._running:
-                if lane.since and lane.since < limit and not lane.timed_out:
+                if not lane.since or lane.since >= limit:
+                    continue
+                if not lane.timed_out:
                     lane.timed_out = True
                     lane.task.cancel()
+                elif not lane.stuck and lane.since < limit - min(timeout_s, STUCK_AFTER_S):
+                    self._stuck(lane, timeout_s)
+
+    def _stuck(self, lane: Lane, timeout_s: float) -> None:
+        """A handler cancelled for its timeout runs on (it swallows asyncio.CancelledError): nothing
+        more can stop it, and until now nothing said so while its event sat in hand, lease renewed."""
+        lane.stuck = True
+        running_s = time.perf_counter() - lane.since
+        log.error("handler still running %.0f s after timeout_s (%g s) stopped it: it ignores its cancellation "
+                  "(catches asyncio.CancelledError), so its event stays in hand, lease renewed, until it returns "
+                  "or the worker stops", running_s - timeout_s, timeout_s,
+                  extra=self._context(lane.delivery) if lane.delivery is not None else {"group": self.consumer.name})
 
     async def _attempt_numbers(self, entries: Sequence[Pending]) -> list[int | None]:
         """Each entry's attempt number; None for one recovered after it succeeded (only acked now).
@@ -474,6 +491,7 @@ class GroupLoop:
             return False  # dead-lettered unrun
         if not closed and not gate.enter():
             await gate.entered()  # a suspect is running alone: wait for it
+        lane.delivery = delivery
         started = lane.since = time.perf_counter()  # the watchdog stops a handler running past timeout_s
         try:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -757,3 +758,30 @@ async def test_a_handler_running_past_its_timeout_is_stopped_and_retried(
     first = state.attempts[0]
     assert (first.attempt, first.outcome, first.error_type) == (1, "failed", "HandlerTimeout")
     assert "timeout_s (0.3 s)" in (first.error or "")
+
+
+async def test_a_handler_that_ignores_its_timeout_cancellation_is_reported_once(
+    services: Services, run_consumers: Callable[..., Runner], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found walking the feature: a handler that catches every CancelledError runs on after the
+    # watchdog's cancel, its event in hand and its lease renewed, and the worker said nothing at all.
+    release = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # swallowed, again and again
+                await release.wait()
+
+    caplog.set_level(logging.ERROR, logger="eventflow.consumers")
+    run_consumers(Consumer("deaf", handle, timeout_s=0.3, backoff=Backoff(base_s=0.05, jitter=0)))
+    await post(services, b'{"type":"t","data":"deaf"}')
+
+    def reported() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "ignores its cancellation" in r.getMessage()]
+
+    await wait_for(lambda: _true(bool(reported())), 10)
+    await asyncio.sleep(1.5)  # a few more looks of the watchdog: still one line
+    [record] = reported()
+    assert record.levelno == logging.ERROR and "timeout_s (0.3 s)" in record.getMessage()
+    assert getattr(record, "group", None) == "deaf" and getattr(record, "event_type", None) == "t"
+    release.set()
