@@ -107,6 +107,21 @@ class NameClaim:
         """Give the name back at a graceful stop, so that a restart need not wait for it to lapse."""
         await self._script([self.key], [self.token, "release", b"", 0])
 
+    def left_by_dead_process(self, other: Holder) -> bool:
+        """The claim names a process of this host that no longer runs: the usual case after a crash
+        (a process manager restarting a worker killed by its handler), which is no naming mistake.
+        Only a message: the claim still lapses by itself (a process of another container with this
+        host name would not be visible here, so it is never taken over)."""
+        if other.host != self.host or not isinstance(other.pid, int) or other.pid <= 0 or other.pid == os.getpid():
+            return False
+        try:
+            os.kill(other.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # it exists, under another user
+        return False
+
     async def wait_free(self, stop: asyncio.Event) -> bool:
         """Claim the name, waiting while another process holds it (warned once per holder), until
         `stop` is set: False then, and nothing was read."""
@@ -127,10 +142,15 @@ class NameClaim:
                 return True
             if other.token != warned:
                 warned = other.token
-                log.warning("consumer name %r is held by another live worker process (%s): not reading until "
-                            "it is free. Give each worker process its own EVENTFLOW_CONSUMER_ID (or its own "
-                            "EVENTFLOW_WORKER_SLOT on one host); a killed worker's claim lapses %.0f s after "
-                            "its last beat", self.name, other.describe(), CLAIM_TTL_MS / 1000)
+                if self.left_by_dead_process(other):
+                    log.warning("consumer name %r is still claimed by pid %s on this host, which is no longer "
+                                "running (it crashed or was killed; %s): not reading until its claim lapses, "
+                                "in %.1f s", self.name, other.pid, other.describe(), max(other.ttl_s, 0.0))
+                else:
+                    log.warning("consumer name %r is held by another live worker process (%s): not reading "
+                                "until it is free. Give each worker process its own EVENTFLOW_CONSUMER_ID (or "
+                                "its own EVENTFLOW_WORKER_SLOT on one host); a killed worker's claim lapses "
+                                "%.0f s after its last beat", self.name, other.describe(), CLAIM_TTL_MS / 1000)
             await sleep_unless(stop, min(WAIT_POLL_S, other.ttl_s) if other.ttl_s > 0 else WAIT_POLL_S)
         return False
 
