@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -20,6 +21,8 @@ from app.metrics import default_metrics, serve_process
 from app.settings import Settings
 from consumers.base import Consumer
 from consumers.runner import Runner, consumer_id
+
+log = logging.getLogger("eventflow.consumers")
 
 Builder = Callable[[Settings, Redis], Consumer]
 
@@ -82,8 +85,16 @@ async def _main(names: list[str], module: str | None, settings: Settings) -> Non
     consumers = load(names, module, settings, redis)
     runner = Runner(consumers, redis, settings, consumer_id(settings, os.environ))
     loop = asyncio.get_running_loop()
+
+    def stopping(sig: signal.Signals) -> None:
+        # Said at once: until now the first word of a stop was "stopped", up to the whole grace later.
+        if not runner.stop.is_set():
+            log.info("%s: stopping; finishing what was read (EVENTFLOW_SHUTDOWN_GRACE_S: up to %g s)",
+                     sig.name, settings.shutdown_grace_s)
+        runner.stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     from app import retention  # imported once the signal handlers are in place: start-up stays short
 
     # Retention runs next to the consumers when a policy is set (one process at a time per partition).

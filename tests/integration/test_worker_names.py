@@ -100,6 +100,9 @@ async def test_a_second_process_with_the_same_name_waits_until_the_first_is_gone
 
     first.send_signal(signal.SIGTERM)
     assert first.wait(20) == 0
+    stopped = workers.log("first")  # the stop is said when it begins, and when it is done
+    assert "SIGTERM: stopping; finishing what was read (EVENTFLOW_SHUTDOWN_GRACE_S: up to 10 s)" in stopped
+    assert stopped.index("SIGTERM: stopping") < stopped.index("stopped (0 task(s) cut off")
     await wait_for(lambda: "consuming: counter as same" in workers.log("second"), timeout_s=10)
     assert "consumer name 'same' is free now" in workers.log("second")
     assert await holder_pid(redis, settings, "same") == second.pid
