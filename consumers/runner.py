@@ -145,7 +145,8 @@ class NameClaim:
                 if self.left_by_dead_process(other):
                     log.warning("consumer name %r is still claimed by pid %s on this host, which is no longer "
                                 "running (it crashed or was killed; %s): not reading until its claim lapses, "
-                                "in %.1f s", self.name, other.pid, other.describe(), max(other.ttl_s, 0.0))
+                                "in %.1f s", self.name, other.pid, other.describe().split(", ")[-1],
+                                max(other.ttl_s, 0.0))
                 else:
                     log.warning("consumer name %r is held by another live worker process (%s): not reading "
                                 "until it is free. Give each worker process its own EVENTFLOW_CONSUMER_ID (or "
