@@ -208,6 +208,9 @@ def test_an_attempt_whose_worker_stopped_shows_as_never_finished_and_finished_st
     assert (state.state, state.attempt, state.consumer, state.idle_ms) == ("in-progress", 4, "w2", 1500)
     html = lifecycle_partial(_detail(None, [state]))
     assert "Attempt 2 never finished: its worker stopped" in html
+    # Attempt 1 keeps no record, so the timeline began at "Attempt 2": where did 1 go? Said, before 2.
+    assert html.index("Attempt 1 left no record") < html.index("Attempt 2 never finished")
+    assert "its worker stopped before it ended" in html
     assert "Attempt 3 failed" in html
     assert "Attempt 4 started" in html
     # The PEL's idle time restarts at every lease renewal (a third of lease_s): a handler hung for
@@ -217,4 +220,8 @@ def test_an_attempt_whose_worker_stopped_shows_as_never_finished_and_finished_st
     finished = lifecycle_state(record, group, None, [*records, Attempt(attempt=4, outcome="succeeded", at_ms=5)], [])
     assert [(a.attempt, a.outcome) for a in finished.attempts][-1] == (4, "succeeded")
     assert finished.state == "succeeded"
+    failed_first = [Attempt(attempt=1, outcome="failed", at_ms=1, consumer="w1", error="boom", next_at_ms=2),
+                    Attempt(attempt=2, outcome="started", at_ms=3, consumer="w1")]
+    html = lifecycle_partial(_detail(None, [lifecycle_state(record, group, None, failed_first, pel)]))
+    assert "Attempt 1 failed" in html and "left no record" not in html
     assert (4, "started") not in [(a.attempt, a.outcome) for a in finished.attempts]
