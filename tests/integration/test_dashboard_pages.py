@@ -214,6 +214,8 @@ async def test_overview_and_consumers_show_groups_and_the_lifecycle_reaches_succ
         assert "<strong>ok</strong>" in overview and "<strong>picky</strong>" in overview
         consumers = (await client.get("/consumers")).text
         assert consumers.count('class="card group-card"') == 2 and "w1" in consumers
+        # A hung handler is stopped after timeout_s: the card says after how long, beside the attempts.
+        assert consumers.count("up to 5 attempts · concurrency 16 · timeout 5 min") == 2
         event = (await client.get(f"/events/{entry}")).text
         assert event.count('data-state="succeeded"') == 2
 
