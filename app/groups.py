@@ -13,6 +13,7 @@ the scan matches keys of this deployment's partitions only, on every primary of 
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -125,6 +126,12 @@ class Groups:
                 spec=specs.get(name)))
         return out
 
+    async def _did_you_mean(self, name: str) -> str:
+        """A typo'd name's nearest group, to say with the refusal ('' when none is near)."""
+        names = {g.name for g in await self.lifecycle.groups()} | set(await self.lifecycle.specs())
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
+
     async def exists(self, name: str) -> bool:
         """Whether anything of the group is left: on a log or replay stream, or its published settings."""
         if await self.redis.hexists(self.keys.consumers, name):
@@ -139,7 +146,7 @@ class Groups:
         """The live workers running the group; NotFound when there is no such group, Conflict when
         live workers run it (unless `force`)."""
         if not await self.exists(name):
-            raise NotFound(f"no consumer group {name!r}")
+            raise NotFound(f"no consumer group {name!r}{await self._did_you_mean(name)}")
         workers = (await self.live_workers()).get(name, [])
         if workers and not force:
             raise GroupRunning(name, workers)

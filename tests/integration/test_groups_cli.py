@@ -221,6 +221,14 @@ async def test_an_unknown_group_is_a_one_line_error(settings: Settings) -> None:
     assert (code, out, err) == (1, "", "eventflow: no consumer group 'nope'\n")
 
 
+async def test_a_typo_in_a_group_name_is_refused_with_the_nearest_group(redis: Redis, settings: Settings) -> None:
+    # Walking the feature: `groups delete wlak` said only that there is no such group.
+    await Dispatch(redis, settings).ensure_groups("shipping")
+    code, out, err = await cli(settings, "groups", "delete", "shiping", "--yes")
+    assert (code, out, err) == (1, "", "eventflow: no consumer group 'shiping' (did you mean 'shipping'?)\n")
+    assert "shipping" in await groups_on_logs(redis, settings)
+
+
 async def test_delete_asks_for_confirmation_without_yes(redis: Redis, settings: Settings) -> None:
     await Dispatch(redis, settings).ensure_groups("asked")
     code, out, err = await cli(settings, "groups", "delete", "asked")  # standard input is no terminal
