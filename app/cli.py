@@ -148,7 +148,7 @@ def _producers(sub: Any) -> None:
     create.add_argument("--description", default="", help="free text shown in the dashboard")
     create.add_argument("--types", nargs="+", default=[], metavar="TYPE",
                         help="event types (exact names or globs such as 'order.*') the key may send; default: any")
-    create.set_defaults(handler=_with_services(lambda svc, a: svc.producers.create(a.name, a.description, a.types)))
+    create.set_defaults(handler=_with_services(_producer_create))
     limit = psub.add_parser("limit", help="limit a producer's key to some event types (none: any type)",
                             description="Takes effect at once in every web process; events of other types "
                                         "get 403.")
@@ -194,6 +194,13 @@ def _webhooks(sub: Any) -> None:
         p.add_argument("id", help="the subscription's id (see `eventflow webhooks list`)")
         p.set_defaults(handler=_with_services(lambda svc, a, act=action: _webhook_action(svc, act, a.id)))
     webhooks.set_defaults(handler=lambda a, s: (webhooks.print_help(), 2)[1])
+
+
+async def _producer_create(svc: Any, args: argparse.Namespace) -> Any:
+    from app.producers import check_description
+
+    check_description(args.description, "--description")  # the option's name, as `types register` says it
+    return await svc.producers.create(args.name, args.description, args.types)
 
 
 def _hooks(svc: Any) -> Any:

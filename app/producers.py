@@ -104,11 +104,11 @@ def _matcher(types: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{fnmatch.translate(t)})" for t in types)) if types else None
 
 
-def check_description(description: str) -> str:
+def check_description(description: str, pointer: str = "/description") -> str:
     """Free text shown on the dashboard: capped, so no one stores a megabyte in the producers hash
-    that every Producers page then reads and shows."""
+    that every Producers page then reads and shows. The CLI names its option (`--description`)."""
     if len(description) > MAX_DESCRIPTION:
-        raise InvalidEvent([FieldProblem("/description", f"at most {MAX_DESCRIPTION} characters")])
+        raise InvalidEvent([FieldProblem(pointer, f"at most {MAX_DESCRIPTION} characters")])
     return description
 
 

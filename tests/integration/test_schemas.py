@@ -323,6 +323,20 @@ async def test_the_cli_registers_versions_and_dry_runs(services: Services, setti
     assert code != 0 and b"cannot read" in err and b"Traceback" not in err
 
 
+async def test_producers_create_names_its_option_when_the_description_is_too_long(
+    services: Services, settings: Settings
+) -> None:
+    # Walking the text caps: `types register --owner` said "--owner: at most 200 characters", but
+    # `producers create --description` said "/description: ...", the API's pointer, on the CLI.
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "EVENTFLOW_PREFIX": settings.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "producers", "create", "walker", "--description", "x" * 501, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, out, err) == (1, b"", b"eventflow: --description: at most 500 characters\n")
+    assert "walker" not in [p.name for p in await services.producers.list()]
+
+
 @pytest.mark.parametrize(("field", "cap"), [("description", 2000), ("owner", 200), ("note", 2000)])
 async def test_the_cli_refuses_free_text_longer_than_its_cap_in_one_line(
     services: Services, settings: Settings, field: str, cap: int
