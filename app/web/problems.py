@@ -110,7 +110,17 @@ def _query_problems(exc: ValidationException) -> list[FieldProblem]:
     errors = exc.extra if isinstance(exc.extra, list) else []
     if not errors or not all(isinstance(e, dict) and e.get("source") == "query" and e.get("key") for e in errors):
         return []
-    return [FieldProblem(f"/{e['key']}", str(e.get("message") or "invalid value")) for e in errors]
+    return [FieldProblem(f"/{e['key']}", _plain(str(e.get("message") or "invalid value"))) for e in errors]
+
+
+# msgspec's words for a value its type cannot hold, said as our other query checks say it
+# ("/limit: must be between 1 and 1000"), not "Expected `int`, got `str`".
+_EXPECTED = {"int": "must be a whole number", "float": "must be a number", "bool": "must be true or false"}
+
+
+def _plain(message: str) -> str:
+    match = re.fullmatch(r"Expected `(\w+)(?: \| null)?`, got `\w+`", message)  # `int | null`: optional
+    return _EXPECTED.get(match.group(1), message) if match else message
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
