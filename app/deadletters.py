@@ -105,7 +105,9 @@ class DeadLetters:
     async def replay(self, ids: list[str]) -> int:
         """Send dead letters back to the group they failed in (and only that group)."""
         total = 0
-        for partition, entry_ids in _by_partition(ids, self.keys.partitions).items():
+        selected = _by_partition(ids, self.keys.partitions)
+        await self._refuse_retired(selected)
+        for partition, entry_ids in selected.items():
             args = [self.keys.base(partition), _now_ms(), self.settings.attempts_ttl_s, SCRIPT_VALUES_MAX,
                     *entry_ids]
             replayed, wide = await self.scripts.replay_dead([self.keys.dead_letters(partition)], args)
@@ -113,6 +115,28 @@ class DeadLetters:
             for entry_id in wide:
                 total += await self._replay_wide(partition, entry_id.decode())
         return total
+
+    async def _refuse_retired(self, selected: dict[int, list[str]]) -> None:
+        """Refuse, before anything moves, dead letters of a group no longer on the log (retired with
+        `eventflow groups delete`, which keeps them): replayed, they left the dead letters for a
+        replay stream nothing reads, gone from every list while the answer said 'replayed'."""
+        groups: dict[str, int] = {}
+        for partition, entry_ids in selected.items():
+            key = self.keys.dead_letters(partition)
+            for start in range(0, len(entry_ids), _SCAN_CHUNK):
+                pipe = self.redis.pipeline(transaction=False)
+                for entry_id in entry_ids[start:start + _SCAN_CHUNK]:
+                    pipe.xrange(key, entry_id, entry_id)
+                for got in await pipe.execute():
+                    if got and (group := got[0][1].get(b"_group")):
+                        groups[_s(group)] = groups.get(_s(group), 0) + 1
+        gone = [g for g in sorted(groups) if not await self._group_exists(g)]
+        if gone:
+            count = sum(groups[g] for g in gone)
+            names = ", ".join(repr(g) for g in gone)
+            raise NotFound(f"no consumer group {names} on the log (retired with `eventflow groups delete`?): "
+                           f"{count} of the selected dead letters would go to a replay stream nothing reads. "
+                           "Nothing was replayed; discard them, or run the group's consumer again first")
 
     async def _replay_wide(self, partition: int, entry_id: str) -> int:
         """replay_dead.lua's writes for a dead letter with more fields than a script call can pass to

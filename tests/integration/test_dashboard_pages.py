@@ -220,6 +220,41 @@ async def test_overview_and_consumers_show_groups_and_the_lifecycle_reaches_succ
         assert event.count('data-state="succeeded"') == 2
 
 
+async def test_a_deleted_group_s_kept_dead_letters_stay_a_choice_and_are_not_replayed_into_nothing(
+    make_client: MakeClient, admin: tuple[str, str], services: Services, redis: Redis, settings: Settings
+) -> None:
+    # Walking `eventflow groups delete` (it keeps the dead letters): the page filtered by the
+    # retired group showed "All groups" in the Group box, and Replay moved its letters to a replay
+    # stream nothing reads while saying "Replayed 1 of 1".
+    from app.groups import Groups
+
+    async def refuse(delivery: Delivery) -> None:
+        raise Permanent("retired soon")
+
+    runner = Runner([Consumer("gone", refuse)], redis, settings, "w-gone")
+    task = asyncio.create_task(runner.run())
+    await post(services, '{"type": "t"}')
+    await wait_for(lambda: _has_dead_letters(services, "gone"))
+    runner.stop.set()
+    await asyncio.wait_for(task, 10)
+    await Groups(redis, settings).delete("gone")
+    [letter] = await services.dead_letters.list(Filter(group="gone"))
+    async with make_client() as client:
+        token = await logged_in(client, *admin)
+        listing = (await client.get("/dead-letters?group=gone")).text
+        assert '<option value="gone" selected>gone</option>' in listing
+        assert '<option value="gone">gone</option>' in (await client.get("/dead-letters")).text
+        resp = await client.post("/dead-letters/replay", data={"csrf_token": token, "id": letter.id})
+        assert resp.status_code == 303
+        page = html.unescape((await client.get(resp.headers["location"])).text)
+        assert "no consumer group 'gone' on the log" in page and "Nothing was replayed" in page
+    assert [dl.id for dl in await services.dead_letters.list(Filter(group="gone"))] == [letter.id]
+
+
+async def _has_dead_letters(services: Services, group: str) -> bool:
+    return bool(await services.dead_letters.list(Filter(group=group)))
+
+
 async def test_dead_letters_are_confirmed_then_replayed_or_discarded(
     make_client: MakeClient, admin: tuple[str, str], services: Services, workers: dict[str, bool]
 ) -> None:

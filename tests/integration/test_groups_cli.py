@@ -221,6 +221,27 @@ async def test_an_unknown_group_is_a_one_line_error(settings: Settings) -> None:
     assert (code, out, err) == (1, "", "eventflow: no consumer group 'nope'\n")
 
 
+async def test_the_kept_dead_letters_of_a_deleted_group_are_not_replayed_into_nothing(
+    redis: Redis, settings: Settings, services: Services
+) -> None:
+    # Walking `groups delete`: its dead letters are kept, and `dlq replay` of one answered
+    # "replayed": 1 while moving it to a replay stream nothing reads; it was gone from every list.
+    await leave_behind(redis, settings, services, "retired", "kept")
+    await cli_json(settings, "groups", "delete", "retired", "--yes")
+    [letter] = await services.dead_letters.matching_ids(_filter("retired"))
+    [other] = await services.dead_letters.matching_ids(_filter("kept"))
+    for args in (("dlq", "replay", "--all", "--group", "retired"), ("dlq", "replay", letter, other)):
+        code, out, err = await cli(settings, *args)
+        assert (code, out) == (1, ""), err
+        assert err.count("\n") == 1 and err.startswith("eventflow: no consumer group 'retired' on the log"), err
+        assert "Nothing was replayed" in err
+    assert await services.dead_letters.matching_ids(_filter("retired")) == [letter]  # kept, not lost
+    assert await services.dead_letters.matching_ids(_filter("kept")) == [other]
+    keys = Keys(settings.prefix, settings.partitions)
+    assert not await redis.exists(keys.replay(home(settings), "retired"))
+    assert await cli_json(settings, "dlq", "replay", other) == {"selected": 1, "replayed": 1}  # a live group's
+
+
 async def test_a_typo_in_a_group_name_is_refused_with_the_nearest_group(redis: Redis, settings: Settings) -> None:
     # Walking the feature: `groups delete wlak` said only that there is no such group.
     await Dispatch(redis, settings).ensure_groups("shipping")

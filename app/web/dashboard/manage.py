@@ -14,7 +14,7 @@ from litestar.response import Redirect
 from msgspec.structs import replace
 
 from app.deadletters import Filter
-from app.errors import Conflict, FieldProblem, InvalidEvent
+from app.errors import Conflict, FieldProblem, InvalidEvent, NotFound
 from app.producers import Issued
 from app.users import Role
 from app.web.api import services
@@ -119,7 +119,10 @@ async def dead_letters_page(
     svc = services(request)
     flt = _filter(group, type, source)
     letters = await svc.dead_letters.list(flt, DEAD_LETTER_PAGE)
-    groups = [g.name for g in await svc.consumer_groups()]
+    # A retired group's dead letters are kept (`eventflow groups delete`): its name stays a choice
+    # while letters of it are shown or it is the filter, or the box claimed "All groups" over them.
+    groups = sorted({g.name for g in await svc.consumer_groups()} | {dl.group for dl in letters}
+                    | ({flt.group} if flt.group else set()))
     return page(request, "dead_letters.html", nav="dead-letters", letters=letters, flt=flt, groups=groups,
                 limit=DEAD_LETTER_PAGE)
 
@@ -162,7 +165,12 @@ async def _act(request: AnyRequest, action: str) -> Response[Any]:
         ids = await svc.dead_letters.matching_ids(replace(flt, until_ms=int(until) if until.isdigit() else None))
     else:
         ids = list(dict.fromkeys(str(i) for i in form.getall("id", [])))
-    done = await (svc.dead_letters.replay(ids) if action == "replay" else svc.dead_letters.discard(ids))
+    try:
+        done = await (svc.dead_letters.replay(ids) if action == "replay" else svc.dead_letters.discard(ids))
+    except NotFound as exc:  # a retired group's letters: said on the page, nothing replayed
+        await flash(request, str(exc))
+        return Redirect(query_url("/dead-letters", group=flt.group, type=flt.type, source=flt.source),
+                        status_code=303)
     verb = "Replayed" if action == "replay" else "Discarded"
     skipped = f" ({len(ids) - done} were already gone)" if done < len(ids) else ""
     what = "dead letter" if len(ids) == 1 else "dead letters"
